@@ -1,0 +1,183 @@
+"""The ``sdm`` command line.  Each subcommand is a thin layer over a Python API;
+known failures (bad files, bad options) become one ``sdm: error: ...`` line and
+exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# ----- train ----------------------------------------------------------------------------
+MODEL_FLAGS = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks", "T": "T",
+               "img_size": "img_size"}
+TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "seed", "ckpt_every", "grad_clip", "warmup")
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="train the spiking UNet (or resume / TSM-fine-tune it)",
+                       description="Train the spiking UNet denoiser; writes DIR/model.pt atomically.")
+    p.add_argument("--data", help="mnist-bundled | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | folder:DIR")
+    p.add_argument("--out", help="output directory (default: the resumed checkpoint's directory)")
+    p.add_argument("--config", help="JSON file with 'model', 'train' and 'diffusion' sections")
+    p.add_argument("--resume", metavar="MODEL.pt", help="continue from a checkpoint")
+    p.add_argument("--tsm", action="store_true", help="temporal-wise spiking mechanism fine-tuning stage")
+    p.add_argument("--steps", type=int, help="total steps of this stage")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ema-decay", type=float, help="EMA decay, 0 = off")
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--ch", type=int, help="base channels")
+    p.add_argument("--ch-mult", type=_ints, help="e.g. 1,2,2,4")
+    p.add_argument("--num-res-blocks", type=int)
+    p.add_argument("--T", type=int, help="spiking steps per denoiser call")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a):
+    import dataclasses
+
+    import torch
+
+    from sdm.train.data import load_dataset
+    from sdm.train.diffusion import ScheduleConfig
+    from sdm.train.trainer import TrainConfig, load_config_file, train
+    from sdm.train.unet import UNetConfig
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    overrides = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
+    model_over = {v: getattr(a, k) for k, v in MODEL_FLAGS.items() if getattr(a, k) is not None}
+    if a.resume:
+        if model_over or a.config:
+            raise UserError("--resume takes the architecture from the checkpoint; drop --config and model options")
+        out = a.out or str(Path(a.resume).parent)
+        summary = train(out, resume=a.resume, tsm=a.tsm, overrides=overrides, device=a.device)
+    else:
+        if a.tsm:
+            raise UserError("--tsm fine-tunes a trained model: give it --resume MODEL.pt")
+        if not a.out:
+            raise UserError("--out DIR is required")
+        m, t, d = load_config_file(a.config) if a.config else ({}, {}, {})
+        train_cfg = TrainConfig.from_dict({**t, **overrides})
+        model_dict = {**m, **model_over}
+        if "img_ch" not in model_dict:  # follow the data set
+            model_dict["img_ch"] = load_dataset(train_cfg.data, image_size=model_dict.get("img_size", 32)).channels
+        model_cfg = UNetConfig.from_dict(model_dict)
+        summary = train(a.out, model_cfg, train_cfg, ScheduleConfig(**d), device=a.device)
+    hist = summary["history"]
+    loss = f", loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}" if hist else ""
+    print(f"wrote {summary['checkpoint']} ({summary['stage']} stage, step {summary['steps']}, "
+          f"{summary['images_per_s']:.1f} img/s{loss})")
+
+
+# ----- sample ---------------------------------------------------------------------------
+def add_sample(sub):
+    p = sub.add_parser("sample", help="generate a PNG grid of samples",
+                       description="Sample images from a trained checkpoint and write a PNG grid.")
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses all)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("-n", type=int, default=64, help="number of images")
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance: theta' = S * theta")
+    p.add_argument("--threshold-sweep", type=_floats, help="e.g. 0.997,1.0,1.003: one grid per value")
+    p.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--scale", type=int, default=2, help="enlarge the PNG by this factor")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(a):
+    import torch
+
+    from sdm.train.sampling import generate, model_from_checkpoint, save_grid, sweep_paths
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.n < 1:
+        raise UserError("-n must be >= 1")
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, diffusion, _ = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device)
+    scales = a.threshold_sweep or [a.threshold_scale]
+    paths = sweep_paths(a.out, scales) if a.threshold_sweep else [Path(a.out)]
+    for s, path in zip(scales, paths):
+        t0 = time.perf_counter()
+        x = generate(model, diffusion, a.n, sampler=a.sampler, steps=a.steps, eta=a.eta, seed=a.seed,
+                     threshold_scale=s, batch_size=a.batch_size, device=device)
+        save_grid(x, path, scale=a.scale)
+        print(f"wrote {path} ({a.n} samples, {a.sampler}, threshold x{s:g}, {time.perf_counter() - t0:.1f} s)")
+
+
+# ----- entry point ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdm", description="Spiking Diffusion Models: train, sample, deploy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_sample(sub)
+    from sdm.demo import add_demo
+
+    add_demo(sub)
+    return parser
+
+
+def _known_errors():
+    from sdm.train.checkpoint import CheckpointError
+    from sdm.train.data import DataError
+
+    return (UserError, CheckpointError, DataError, ValueError, FileNotFoundError, FloatingPointError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        a.func(a)
+    except KeyboardInterrupt:
+        print("sdm: interrupted", file=sys.stderr)
+        return 130
+    except _known_errors() as e:
+        if os.environ.get("SDM_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"sdm {a.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

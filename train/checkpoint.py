@@ -1,0 +1,82 @@
+"""Checkpoint files: atomic writes and safe, validated reads.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
+loads with ``torch.load(weights_only=True)``: a file crafted to run code on
+unpickling is refused instead of executed.  Writes go to a temporary file in the
+target directory and are renamed into place, so an interrupted save never leaves
+a half-written ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "sdm-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "model_config", "model")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this project; the message names the file."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto ``path`` (same directory, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a model.pt checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains Python objects that are not plain data "
+                f"(unsafe pickle); {first[:160]}") from None
+        raise CheckpointError(f"{path}: not a checkpoint (unreadable pickle: {first[:160]})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({msg[:160]})") from None
+    except Exception as e:  # any other failure inside torch's reader is still a bad file
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        kind = type(obj).__name__ if not isinstance(obj, dict) else "dict without format tag"
+        raise CheckpointError(f"{path}: not an sdm checkpoint (found a {kind})")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")
+    if obj["version"] > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {obj['version']} is newer than this tool ({VERSION})")
+    return obj

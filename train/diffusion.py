@@ -1,0 +1,153 @@
+"""Gaussian diffusion: noise schedule, training loss and samplers.
+
+Nothing here knows about spikes: any callable ``eps = denoiser(x_t, t)`` plugs in.
+Notation (Ho et al. 2020; Song et al. 2021)::
+
+    q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s<=t} (1 - beta_s)
+    x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+
+DDPM ancestral step (t -> t-1)::
+
+    mean = c0_t x0_hat + ct_t x_t,   c0_t = beta_t sqrt(abar_{t-1}) / (1 - abar_t),
+                                     ct_t = (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t)
+    var  = beta_t (1 - abar_{t-1}) / (1 - abar_t)   ("fixedsmall")  or  beta_t ("fixedlarge",
+           the reference's default); no noise is added on the last step (t = 0)
+
+DDIM step (t -> s < t, eta in [0, 1])::
+
+    sigma^2 = eta^2 (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)
+    x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z
+
+With S = 1000 steps and eta = 1, DDIM's sigma^2 equals DDPM's fixedsmall variance and its
+mean equals the DDPM posterior mean, which the tests check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch.nn import functional as F
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+class GaussianDiffusion:
+    """Linear-beta schedule with the quantities the loss and samplers need (float64 on host)."""
+
+    def __init__(self, cfg: ScheduleConfig = ScheduleConfig()):
+        if cfg.steps < 1 or not 0 < cfg.beta_start <= cfg.beta_end < 1:
+            raise ValueError(f"invalid diffusion schedule {cfg}")
+        self.cfg = cfg
+        self.steps = cfg.steps
+        self.betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.steps, dtype=torch.float64)
+        self.alphas = 1.0 - self.betas
+        self.abar = torch.cumprod(self.alphas, 0)
+        self.abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.abar[:-1]])
+        self.posterior_var = self.betas * (1.0 - self.abar_prev) / (1.0 - self.abar)
+        self.coef_x0 = self.betas * self.abar_prev.sqrt() / (1.0 - self.abar)
+        self.coef_xt = (1.0 - self.abar_prev) * self.alphas.sqrt() / (1.0 - self.abar)
+
+    @staticmethod
+    def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    # ----- training -------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self._gather(self.abar.sqrt(), t, x0) * x0 + self._gather((1 - self.abar).sqrt(), t, x0) * noise
+
+    def loss(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """epsilon-prediction MSE at uniformly drawn t."""
+        t = torch.randint(0, self.steps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return F.mse_loss(denoiser(self.q_sample(x0, t, noise), t), noise)
+
+    # ----- sampling -------------------------------------------------------------------
+    def predict_x0(self, x_t, t, eps, clip: bool) -> torch.Tensor:
+        x0 = (x_t - self._gather((1 - self.abar).sqrt(), t, x_t) * eps) / self._gather(self.abar.sqrt(), t, x_t)
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
+    def ddpm_step(self, x_t, t: int, eps, noise, var_type: str = "fixedlarge", clip: bool = True):
+        """One ancestral step t -> t-1 given the model's eps and a standard normal ``noise``."""
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0 = self.predict_x0(x_t, tt, eps, clip)
+        mean = self._gather(self.coef_x0, tt, x_t) * x0 + self._gather(self.coef_xt, tt, x_t) * x_t
+        if t == 0:
+            return mean
+        if var_type == "fixedsmall":
+            var = self.posterior_var[t]
+        elif var_type == "fixedlarge":
+            var = self.betas[t]
+        else:
+            raise ValueError(f"unknown var_type {var_type!r} (fixedlarge|fixedsmall)")
+        return mean + float(var.sqrt()) * noise
+
+    def ddim_timesteps(self, num_steps: int) -> list[int]:
+        if not 1 <= num_steps <= self.steps:
+            raise ValueError(f"DDIM steps must be in [1, {self.steps}], got {num_steps}")
+        # uniform spacing including t = 0; descending order
+        ts = torch.linspace(0, self.steps - 1, num_steps).round().long().unique()
+        return ts.flip(0).tolist()
+
+    def ddim_step(self, x_t, t: int, s: int, eps, noise, eta: float = 0.0, clip: bool = True):
+        """One DDIM step t -> s (s = -1 means the final step to x_0)."""
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0 = self.predict_x0(x_t, tt, eps, clip)
+        if s < 0:
+            return x0
+        a_t, a_s = float(self.abar[t]), float(self.abar[s])
+        sigma2 = eta**2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+        # eps consistent with the (possibly clipped) x0, so that x0 and eps describe the same x_t
+        eps_hat = (x_t - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+        x_s = a_s**0.5 * x0 + max(1 - a_s - sigma2, 0.0) ** 0.5 * eps_hat
+        return x_s + sigma2**0.5 * noise if eta > 0 else x_s
+
+
+def _noise(shape, device, generator):
+    return torch.randn(shape, device=device, generator=generator)
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Denoiser,
+    diffusion: GaussianDiffusion,
+    shape: Iterable[int],
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    var_type: str = "fixedlarge",
+    clip: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    x_T: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw samples in [-1, 1] with DDPM (always ``diffusion.steps`` steps) or DDIM(``steps``, eta)."""
+    from tqdm.auto import tqdm
+
+    shape = tuple(shape)
+    x = x_T.to(device) if x_T is not None else _noise(shape, device, generator)
+    if sampler == "ddpm":
+        ts = list(range(diffusion.steps - 1, -1, -1))
+        for t in tqdm(ts, desc="ddpm", disable=not progress, leave=False):
+            eps = denoiser(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
+            noise = _noise(shape, device, generator) if t > 0 else None
+            x = diffusion.ddpm_step(x, t, eps, noise, var_type=var_type, clip=clip)
+    elif sampler == "ddim":
+        ts = diffusion.ddim_timesteps(steps)
+        for i, t in enumerate(tqdm(ts, desc="ddim", disable=not progress, leave=False)):
+            s = ts[i + 1] if i + 1 < len(ts) else -1
+            eps = denoiser(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
+            noise = _noise(shape, device, generator) if (eta > 0 and s >= 0) else None
+            x = diffusion.ddim_step(x, t, s, eps, noise, eta=eta, clip=clip)
+    else:
+        raise ValueError(f"unknown sampler {sampler!r} (ddpm|ddim)")
+    return x.clamp(-1.0, 1.0)

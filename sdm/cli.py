@@ -35,7 +35,8 @@ def _ints(text: str) -> list[int]:
 # ----- train ----------------------------------------------------------------------------
 MODEL_FLAGS = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks", "T": "T",
                "img_size": "img_size"}
-TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "seed", "ckpt_every", "grad_clip", "warmup")
+TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "seed", "ckpt_every", "grad_clip", "warmup",
+               "precision")
 
 
 def add_train(sub):
@@ -54,6 +55,8 @@ def add_train(sub):
     p.add_argument("--warmup", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--ch", type=int, help="base channels")
     p.add_argument("--ch-mult", type=_ints, help="e.g. 1,2,2,4")
     p.add_argument("--num-res-blocks", type=int)

@@ -150,6 +150,10 @@ class IFNeuron(nn.Module):
         return self.theta * self.threshold_scale
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        # The membrane integrates in at least fp32 even under bf16 autocast: an 8-bit
+        # mantissa would move spikes, and spikes are exact in any dtype anyway.
+        if x_seq.dtype in (torch.bfloat16, torch.float16):
+            x_seq = x_seq.float()
         return multistep_if(x_seq, self.effective_threshold, self.decay, self.alpha)
 
     def extra_repr(self) -> str:

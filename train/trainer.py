@@ -42,8 +42,11 @@ class TrainConfig:
     seed: int = 42
     ckpt_every: int = 500
     log_every: int = 10
+    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or fp32 | bf16
 
     def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(f"invalid training config: {self}")
 
@@ -208,6 +211,7 @@ def train(
                               rank=dist_info.rank, world_size=dist_info.world_size, start_batch=start)
     diffusion = GaussianDiffusion(schedule)
     gen = torch.Generator(device=dev)
+    use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and dev.type == "cuda")
 
     def snapshot(step: int) -> dict[str, Any]:
         return {
@@ -234,7 +238,7 @@ def train(
         x0 = next(batches).to(dev, non_blocking=True)
         for g in optimizer.param_groups:
             g["lr"] = _lr_at(step, train_cfg)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = diffusion.loss(ddp_model, x0, generator=_step_generator(gen, train_cfg.seed, dist_info.rank, step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -58,8 +58,8 @@ class MembraneReadout(nn.Module):
         super().__init__()
         self.T = T
         self.decay = decay
-        weights = decay ** torch.arange(T - 1, -1, -1, dtype=torch.float64)
-        self.register_buffer("weights", weights.float(), persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("t,t...->...", self.weights.to(h.dtype), h)
+        # weights computed in float64 and cast, so every dtype sees correctly rounded 0.8^k
+        w = self.decay ** torch.arange(self.T - 1, -1, -1, dtype=torch.float64, device=h.device)
+        return torch.einsum("t,t...->...", w.to(h.dtype), h)

@@ -84,13 +84,17 @@ class _MultiStepIF(torch.autograd.Function):
 
 
 def multistep_if(
-    x_seq: torch.Tensor, theta: float = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA
+    x_seq: torch.Tensor, theta: float | torch.Tensor = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA
 ) -> torch.Tensor:
-    """Spikes ``[T, ...]`` of a neuron driven by currents ``x_seq [T, ...]``, starting from v = 0."""
+    """Spikes ``[T, ...]`` of a neuron driven by currents ``x_seq [T, ...]``, starting from v = 0.
+
+    ``theta`` is a scalar or a tensor broadcastable to one step (per-neuron thresholds)."""
+    if not isinstance(theta, torch.Tensor):
+        theta = float(theta)
     if x_seq.requires_grad and torch.is_grad_enabled():
-        return _MultiStepIF.apply(x_seq, float(theta), float(decay), float(alpha))
+        return _MultiStepIF.apply(x_seq, theta, float(decay), float(alpha))
     with torch.no_grad():
-        return _MultiStepIF.forward(_NoCtx(), x_seq, float(theta), float(decay), float(alpha))
+        return _MultiStepIF.forward(_NoCtx(), x_seq, theta, float(decay), float(alpha))
 
 
 class _NoCtx:

@@ -1,0 +1,143 @@
+"""Running a spiking graph IR in PyTorch: the denoiser rebuilt from a NIR file.
+
+:class:`GraphDenoiser` is an ``nn.Module`` with the same call signature as the trained
+model, ``eps = f(x_t, t)``; it evaluates the graph node by node over ``[T, B, ...]``
+tensors and the host-side parts around it.  The neuron arithmetic is the training
+code's (:func:`sdm.train.neuron.multistep_if`), so there is one definition of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sdm.train.neuron import multistep_if
+
+from .ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
+
+
+class GraphDenoiser(nn.Module):
+    """Executable PyTorch denoiser for an :class:`SNNGraph` (inference only).
+
+    ``threshold_scale`` scales every threshold stored in the graph (threshold guidance on top
+    of whatever scale was baked in at export).  With ``record=True`` the spikes of every neuron
+    group of the last call are kept in ``self.spikes[name]`` as ``[T, B, C, H, W]`` tensors.
+    """
+
+    def __init__(self, graph: SNNGraph, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.graph = graph
+        self.dtype = dtype
+        self.T = graph.host.T
+        self.order = graph.topological_order()
+        self.preds = {n: graph.predecessors(n) for n in graph.nodes}
+        self.threshold_scale = 1.0
+        self.record = False
+        self.spikes: dict[str, torch.Tensor] = {}
+        self._params = nn.ParameterDict()
+        self._uniform_threshold: dict[str, float] = {}
+        for name, node in graph.nodes.items():
+            key = name.replace(".", "__")
+            if isinstance(node, Conv):
+                self._params[key + "__w"] = self._p(node.weight)
+                self._params[key + "__b"] = self._p(node.bias)
+            elif isinstance(node, TemporalAffine):
+                if node.gain.shape[0] != self.T:
+                    raise ValueError(f"{name}: TSM gain has {node.gain.shape[0]} steps, the graph runs {self.T}")
+                self._params[key + "__g"] = self._p(node.gain.reshape(-1, 1, 1, 1, 1))
+                self._params[key + "__o"] = self._p(node.offset.reshape(1, 1, -1, 1, 1))
+            elif isinstance(node, IFNeurons):
+                th = node.threshold
+                if np.all(th == th.flat[0]):
+                    self._uniform_threshold[name] = float(th.flat[0])
+                else:
+                    self._params[key + "__th"] = self._p(th)
+        host = graph.host
+        self._host = nn.ParameterDict({k: self._p(v) for k, v in host.time_mlp.items()})
+        for k, v in host.tail.items():
+            self._host["tail__" + k] = self._p(v)
+        for block, (w, b) in host.temb_proj.items():
+            key = block.replace(".", "__")
+            self._host[key + "__w"] = self._p(w)
+            self._host[key + "__b"] = self._p(b)
+        decay = host.readout_decay ** np.arange(self.T - 1, -1, -1, dtype=np.float64)
+        self._host["readout"] = self._p(decay)
+
+    def _p(self, a: np.ndarray) -> nn.Parameter:
+        return nn.Parameter(torch.as_tensor(np.asarray(a)).to(self.dtype), requires_grad=False)
+
+    # ----- host side ----------------------------------------------------------------------
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        p = self._host
+        h = F.linear(p["table"][t], p["fc1_w"], p["fc1_b"])
+        return F.linear(F.silu(h), p["fc2_w"], p["fc2_b"])
+
+    def temb_current(self, block: str, temb: torch.Tensor) -> torch.Tensor:
+        key = block.replace(".", "__")
+        return F.linear(F.silu(temb), self._host[key + "__w"], self._host[key + "__b"])
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        p = {k[len("tail__"):]: v for k, v in self._host.items() if k.startswith("tail__")}
+        T, B = h.shape[:2]
+        y = h * p["bn_scale"].view(1, 1, -1, 1, 1) + p["bn_shift"].view(1, 1, -1, 1, 1)
+        y = F.conv2d(F.silu(y).flatten(0, 1), p["conv_w"], p["conv_b"], padding=p["conv_w"].shape[-1] // 2)
+        y = y.view(T, B, *y.shape[1:])
+        if "conv_gain" in p:
+            y = y * p["conv_gain"].view(-1, 1, 1, 1, 1)
+        g = F.conv2d(y.flatten(0, 1), p["out_w"], p["out_b"], padding=p["out_w"].shape[-1] // 2).view(y.shape)
+        g = g * p["out_bn_scale"].view(1, 1, -1, 1, 1) + p["out_bn_shift"].view(1, 1, -1, 1, 1)
+        y = F.silu(g) + y
+        return torch.einsum("t,t...->...", self._host["readout"], y)
+
+    # ----- the spiking graph ----------------------------------------------------------------
+    def run_graph(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Per-step output of the graph ``[T, B, C, H, W]`` for image ``x`` and embedding ``temb``."""
+        T, B = self.T, x.shape[0]
+        vals: dict[str, torch.Tensor] = {}
+        if self.record:
+            self.spikes = {}
+        for name in self.order:
+            node = self.graph.nodes[name]
+            key = name.replace(".", "__")
+            if isinstance(node, AnalogInput):
+                if node.kind == "image":
+                    vals[name] = x.unsqueeze(0).expand(T, *x.shape)
+                else:
+                    cur = self.temb_current(node.block, temb)
+                    vals[name] = cur[None, :, :, None, None].expand(T, B, *node.shape)
+                continue
+            inp = None
+            for src in self.preds[name]:
+                inp = vals[src] if inp is None else inp + vals[src]
+            if isinstance(node, Conv):
+                y = F.conv2d(inp.reshape(T * B, *inp.shape[2:]), self._params[key + "__w"],
+                             self._params[key + "__b"], stride=node.stride, padding=node.padding)
+                out = y.view(T, B, *y.shape[1:])
+            elif isinstance(node, TemporalAffine):
+                out = inp * self._params[key + "__g"] + self._params[key + "__o"]
+            elif isinstance(node, IFNeurons):
+                th = self._uniform_threshold.get(name)
+                th = th * self.threshold_scale if th is not None else self._params[key + "__th"] * self.threshold_scale
+                out = multistep_if(inp, th, node.decay)
+                if self.record:
+                    self.spikes[name] = out
+            elif isinstance(node, Upsample):
+                y = F.interpolate(inp.reshape(T * B, *inp.shape[2:]), scale_factor=node.scale, mode="nearest")
+                out = y.view(T, B, *y.shape[1:])
+            elif isinstance(node, (Junction, Output)):
+                out = inp
+            else:  # validated graphs hold only the types above
+                raise TypeError(f"{name}: cannot execute {type(node).__name__}")
+            vals[name] = out
+        return vals[self.graph.output.name]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.graph.host.img_shape
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
+            raise ValueError(f"denoiser input must be [B, {c}, {h}, {w}], got {list(x.shape)}")
+        x = x.to(self.dtype)
+        temb = self.time_embedding(t)
+        return self.tail(self.run_graph(x, temb))

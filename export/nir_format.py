@@ -1,0 +1,302 @@
+"""Writing the spiking graph IR as a NIR file and reading it back (specified in docs/nir-format.md).
+
+Standard NIR 1.0.8 nodes carry everything NIR can express: ``Input`` (image and per-block
+time-embedding currents), ``Conv2d`` (BatchNorm folded), ``IF`` (or ``LIF`` with a leak),
+``Scale`` with unit scale for a float residual stream read by a conv, and ``Output``.
+Residual streams read only by neurons are elided into fan-in edges.
+
+What NIR lacks travels as *extension* nodes: nested ``NIRGraph`` s whose metadata key
+``sdm.extension`` names the operation (``temporal_affine`` for TSM, ``upsample_nearest``)
+and holds its parameters.  Their body is a typed ``Input -> Conv2d(groups=0) -> Output``:
+the types check, so unmodified ``nir.read`` loads the file, but ``groups=0`` is an invalid
+convolution, so a reader that does not know the extension fails when it builds the node
+instead of silently computing a different network.
+
+Host-side parameters (time-embedding MLP, block projections, tail, schedule, T) sit in the
+top-level graph metadata under ``host``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from sdm.train.checkpoint import atomic_write
+
+from .ir import (AnalogInput, Conv, HostParams, IFNeurons, Junction, Node, Output, SNNGraph, TemporalAffine,
+                 Upsample)
+
+FORMAT = "sdm-snn"
+FORMAT_VERSION = 1
+EXTENSIONS = ("temporal_affine", "upsample_nearest")
+
+
+class NIRFormatError(ValueError):
+    """A NIR file this tool cannot read or run; the message names the file and the problem."""
+
+
+# ----- writing ----------------------------------------------------------------------------
+def _guard_graph(name: str, in_shape, out_shape, metadata: dict):
+    """Extension body: Input -> Conv2d(groups=0) -> Output, typed in_shape -> out_shape."""
+    import nir
+
+    c, h, w = in_shape
+    _, oh, ow = out_shape
+    pads, kernel = [], []
+    for n, on in ((h, oh), (w, ow)):
+        # conv output size n + 2p - k + 1 == on with k in {1, 2}
+        k = 1 if (on - n) % 2 == 0 else 2
+        pads.append((on - n + k - 1) // 2)
+        kernel.append(k)
+    weight = np.zeros((c, c, *kernel), dtype=np.float32)
+    weight[np.arange(c), np.arange(c)] = 1.0
+    guard = nir.Conv2d(input_shape=(h, w), weight=weight, stride=1, padding=tuple(pads), dilation=1, groups=0,
+                       bias=np.zeros(c, dtype=np.float32))
+    body = {"input": nir.Input(input_type=np.array(in_shape)), "unsupported_without_sdm_extension": guard,
+            "output": nir.Output(output_type=np.array(out_shape))}
+    edges = [("input", "unsupported_without_sdm_extension"), ("unsupported_without_sdm_extension", "output")]
+    return nir.NIRGraph(nodes=body, edges=edges, metadata=metadata)
+
+
+def _elidable_junctions(graph: SNNGraph) -> set[str]:
+    """Junctions that no conv reads: their sources can feed their readers directly (fan-in)."""
+    keep = {s for s, d in graph.edges if isinstance(graph.nodes[s], Junction)
+            and isinstance(graph.nodes[d], (Conv, TemporalAffine, Upsample))}
+    return {n for n, node in graph.nodes.items() if isinstance(node, Junction) and n not in keep}
+
+
+def _expanded_edges(graph: SNNGraph, elide: set[str]) -> list[tuple[str, str]]:
+    def sources(n: str) -> list[str]:
+        if n not in elide:
+            return [n]
+        return [s for p in graph.predecessors(n) for s in sources(p)]
+
+    edges = []
+    for s, d in graph.edges:
+        if d in elide:
+            continue
+        for src in sources(s):
+            edges.append((src, d))
+    return edges
+
+
+def _host_metadata(host: HostParams) -> dict:
+    return {
+        "T": host.T, "img_shape": np.array(host.img_shape), "readout_decay": host.readout_decay,
+        "theta": host.theta, "threshold_scale": host.threshold_scale,
+        "schedule": {k: float(v) for k, v in host.schedule.items()},
+        "time_mlp": dict(host.time_mlp),
+        "temb_proj": {blk: {"w": w, "b": b} for blk, (w, b) in host.temb_proj.items()},
+        "tail": dict(host.tail),
+    }
+
+
+def to_nir(graph: SNNGraph):
+    """The ``nir.NIRGraph`` of an IR graph (type-checked by NIR on construction)."""
+    import nir
+
+    elide = _elidable_junctions(graph)
+    nodes = {}
+    used = set()
+    for name, node in graph.nodes.items():
+        if name in elide:
+            continue
+        if isinstance(node, AnalogInput):
+            meta = {"sdm.input": node.kind}
+            if node.kind == "temb":
+                meta["sdm.block"] = node.block
+            nodes[name] = nir.Input(input_type=np.array(node.shape), metadata=meta)
+        elif isinstance(node, Conv):
+            nodes[name] = nir.Conv2d(input_shape=node.in_shape[1:], weight=node.weight, stride=node.stride,
+                                     padding=node.padding, dilation=1, groups=1, bias=node.bias)
+        elif isinstance(node, IFNeurons):
+            ones, zeros = np.ones_like(node.threshold), np.zeros_like(node.threshold)
+            if node.decay == 1.0:
+                nodes[name] = nir.IF(r=ones, v_threshold=node.threshold, v_reset=zeros)
+            else:  # Euler with dt = 1: v += (-v + r I) / tau  ==  decay * v + I
+                tau = ones / (1.0 - node.decay)
+                nodes[name] = nir.LIF(tau=tau, r=tau, v_leak=zeros, v_threshold=node.threshold, v_reset=zeros)
+        elif isinstance(node, Junction):
+            nodes[name] = nir.Scale(scale=np.ones(node.shape, dtype=np.float32), metadata={"sdm.junction": True})
+        elif isinstance(node, TemporalAffine):
+            used.add("temporal_affine")
+            nodes[name] = _guard_graph(name, node.shape, node.shape, {
+                "sdm.extension": "temporal_affine", "gain": node.gain, "offset": node.offset,
+                "equation": "y[n] = gain[n] * x[n] + offset[c]"})
+        elif isinstance(node, Upsample):
+            used.add("upsample_nearest")
+            nodes[name] = _guard_graph(name, node.in_shape, node.shape, {
+                "sdm.extension": "upsample_nearest", "scale": node.scale,
+                "equation": "y[c, i, j] = x[c, i // scale, j // scale]"})
+        elif isinstance(node, Output):
+            nodes[name] = nir.Output(output_type=np.array(node.shape))
+    metadata = {
+        "sdm.format": FORMAT, "sdm.format_version": FORMAT_VERSION,
+        "sdm.extensions": ",".join(sorted(used)),
+        "dt": 1.0, "time_unit": "spiking step", "time_steps": graph.host.T,
+        "spike_condition": "v >= v_threshold", "reset": "hard, to v_reset",
+        "input_encoding": "Input nodes hold the same current at every one of the T steps",
+        "host": _host_metadata(graph.host),
+    }
+    return nir.NIRGraph(nodes=nodes, edges=_expanded_edges(graph, elide), metadata=metadata)
+
+
+def write_nir(graph: SNNGraph, path: str | os.PathLike) -> Path:
+    """Write ``graph`` to ``path`` atomically (gzip-compressed NIR/HDF5)."""
+    import nir
+
+    ng = to_nir(graph)
+    return atomic_write(path, lambda tmp: nir.write(tmp, ng))
+
+
+# ----- reading ----------------------------------------------------------------------------
+def _types_in_file(path: Path) -> list[tuple[str, str]]:
+    """(node path, type) of every node, read straight from HDF5 (works when nir.read refuses)."""
+    out = []
+
+    def walk(group, prefix):
+        if "nodes" not in group:
+            return
+        for name, sub in group["nodes"].items():
+            typ = sub["type"][()]
+            typ = typ.decode() if isinstance(typ, bytes) else str(typ)
+            out.append((prefix + name, typ))
+            if typ == "NIRGraph":
+                walk(sub, prefix + name + ".")
+
+    with h5py.File(path, "r") as f:
+        walk(f["node"], "")
+    return out
+
+
+def _load_nir(path: Path):
+    import nir
+
+    if not path.exists():
+        raise NIRFormatError(f"{path}: no such file")
+    if not h5py.is_hdf5(path):
+        raise NIRFormatError(f"{path}: not a NIR file (not HDF5; truncated or another format)")
+    try:
+        return nir.read(path)
+    except AssertionError:
+        try:
+            known = set(nir.ir.__all_ir) if hasattr(nir.ir, "__all_ir") else set()
+            bad = [(n, t) for n, t in _types_in_file(path) if known and t not in known]
+        except Exception:
+            bad = []
+        what = f"node {bad[0][0]!r} has unknown type {bad[0][1]!r}" if bad else "it has an unknown node type"
+        raise NIRFormatError(f"{path}: cannot read: {what}") from None
+    except (OSError, KeyError) as e:
+        raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:120]})") from None
+    except ValueError as e:
+        raise NIRFormatError(f"{path}: inconsistent NIR graph ({' '.join(str(e).split())[:160]})") from None
+
+
+def _arr(x) -> np.ndarray:
+    return np.asarray(x)
+
+
+def _pad(value, name, path) -> int:
+    p = np.atleast_1d(np.asarray(value))
+    if p.dtype.kind not in "iu" or len(set(p.tolist())) != 1:
+        raise NIRFormatError(f"{path}: node {name!r}: only equal integer padding is supported, got {value!r}")
+    return int(p[0])
+
+
+def _node_from_nir(name: str, n, path: Path) -> Node:
+    import nir
+
+    where = f"{path}: node {name!r}"
+    if isinstance(n, nir.NIRGraph):
+        ext = n.metadata.get("sdm.extension")
+        if ext is None:
+            raise NIRFormatError(f"{where}: nested NIR graphs are not supported (only sdm extensions)")
+        ext = ext.decode() if isinstance(ext, bytes) else str(ext)
+        inner_in = [v for v in n.nodes.values() if isinstance(v, nir.Input)]
+        inner_out = [v for v in n.nodes.values() if isinstance(v, nir.Output)]
+        if len(inner_in) != 1 or len(inner_out) != 1:
+            raise NIRFormatError(f"{where}: malformed sdm extension body")
+        in_shape = tuple(int(v) for v in _arr(inner_in[0].input_type["input"]))
+        out_shape = tuple(int(v) for v in _arr(inner_out[0].output_type["output"]))
+        if ext == "temporal_affine":
+            return TemporalAffine(name, _arr(n.metadata["gain"]), _arr(n.metadata["offset"]), out_shape)
+        if ext == "upsample_nearest":
+            up = Upsample(name, in_shape, int(n.metadata["scale"]))
+            if up.shape != out_shape:
+                raise NIRFormatError(f"{where}: upsample output {out_shape} != {up.shape}")
+            return up
+        raise NIRFormatError(f"{where}: unknown sdm extension {ext!r} (known: {', '.join(EXTENSIONS)})")
+    if isinstance(n, nir.Input):
+        kind = n.metadata.get("sdm.input", "image")
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        block = n.metadata.get("sdm.block", "")
+        block = block.decode() if isinstance(block, bytes) else str(block)
+        return AnalogInput(name, tuple(int(v) for v in _arr(n.input_type["input"])), kind=kind, block=block)
+    if isinstance(n, nir.Output):
+        return Output(name, tuple(int(v) for v in _arr(n.output_type["output"])))
+    if isinstance(n, nir.Conv2d):
+        if np.any(_arr(n.dilation) != 1) or n.groups != 1:
+            raise NIRFormatError(f"{where}: only dilation 1 and groups 1 convolutions are supported")
+        stride = _pad(n.stride, name, path)
+        if n.input_shape is None:
+            raise NIRFormatError(f"{where}: Conv2d without input_shape")
+        cin = n.weight.shape[1]
+        return Conv(name, _arr(n.weight), _arr(n.bias), stride, _pad(n.padding, name, path),
+                    (cin, *[int(v) for v in _arr(n.input_shape)]))
+    if isinstance(n, nir.IF):
+        if not np.allclose(n.r, 1.0) or (n.v_reset is not None and np.any(_arr(n.v_reset) != 0)):
+            raise NIRFormatError(f"{where}: IF with r != 1 or v_reset != 0 is not supported")
+        return IFNeurons(name, _arr(n.v_threshold), decay=1.0)
+    if isinstance(n, nir.LIF):
+        tau = _arr(n.tau)
+        if np.any(_arr(n.v_leak) != 0) or np.any(_arr(n.v_reset) != 0) or not np.allclose(n.r, tau) \
+                or not np.all(tau == tau.flat[0]) or tau.flat[0] < 1:
+            raise NIRFormatError(f"{where}: only LIF with r = tau >= 1 (uniform), v_leak = 0, v_reset = 0 "
+                                 "is supported")
+        return IFNeurons(name, _arr(n.v_threshold), decay=float(1.0 - 1.0 / tau.flat[0]))
+    if isinstance(n, nir.Scale):
+        if not np.all(_arr(n.scale) == 1):
+            raise NIRFormatError(f"{where}: only unit Scale (residual junction) nodes are supported")
+        return Junction(name, tuple(int(v) for v in _arr(n.scale).shape))
+    raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} is not supported by sdm")
+
+
+def _host_from_metadata(meta: dict, path: Path) -> HostParams:
+    h = meta["host"]
+    temb = {blk: (_arr(v["w"]), _arr(v["b"])) for blk, v in h["temb_proj"].items()}
+    return HostParams(T=int(h["T"]), img_shape=tuple(int(v) for v in _arr(h["img_shape"])),
+                      time_mlp={k: _arr(v) for k, v in h["time_mlp"].items()}, temb_proj=temb,
+                      tail={k: _arr(v) for k, v in h["tail"].items()}, readout_decay=float(h["readout_decay"]),
+                      schedule={k: float(v) for k, v in h["schedule"].items()}, theta=float(h["theta"]),
+                      threshold_scale=float(h["threshold_scale"]))
+
+
+def read_nir(path: str | os.PathLike) -> SNNGraph:
+    """Read a file written by :func:`write_nir` (or any NIR graph of the supported node types,
+    but running denoising also needs the host-side metadata)."""
+    path = Path(path)
+    ng = _load_nir(path)
+    meta = ng.metadata
+    fmt = meta.get("sdm.format")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    if fmt != FORMAT or "host" not in meta:
+        raise NIRFormatError(f"{path}: not written by sdm export-nir (no host-side parameters: time embedding, "
+                             "tail, schedule), so it cannot run denoising steps")
+    if int(meta.get("sdm.format_version", 0)) > FORMAT_VERSION:
+        raise NIRFormatError(f"{path}: format version {meta['sdm.format_version']} is newer than this tool")
+    nodes = {name: _node_from_nir(name, n, path) for name, n in ng.nodes.items()}
+    try:
+        host = _host_from_metadata(meta, path)
+        graph = SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
+    except (KeyError, TypeError) as e:
+        raise NIRFormatError(f"{path}: incomplete host-side metadata ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise NIRFormatError(f"{path}: {' '.join(str(e).split())}") from None
+    for n in graph.of_type(AnalogInput):
+        if n.kind == "temb" and n.block not in host.temb_proj:
+            raise NIRFormatError(f"{path}: input {n.name!r} names block {n.block!r} with no projection")
+    return graph

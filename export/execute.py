@@ -18,19 +18,19 @@ from sdm.train.neuron import multistep_if
 from .ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
 
 
-class GraphDenoiser(nn.Module):
-    """Executable PyTorch denoiser for an :class:`SNNGraph` (inference only).
+class GraphModule(nn.Module):
+    """Executes the spiking part of an :class:`SNNGraph` over ``[T, B, ...]`` tensors (inference only).
 
     ``threshold_scale`` scales every threshold stored in the graph (threshold guidance on top
     of whatever scale was baked in at export).  With ``record=True`` the spikes of every neuron
     group of the last call are kept in ``self.spikes[name]`` as ``[T, B, C, H, W]`` tensors.
     """
 
-    def __init__(self, graph: SNNGraph, dtype: torch.dtype = torch.float32):
+    def __init__(self, graph: SNNGraph, T: int, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.graph = graph
         self.dtype = dtype
-        self.T = graph.host.T
+        self.T = T
         self.order = graph.topological_order()
         self.preds = {n: graph.predecessors(n) for n in graph.nodes}
         self.threshold_scale = 1.0
@@ -54,47 +54,21 @@ class GraphDenoiser(nn.Module):
                     self._uniform_threshold[name] = float(th.flat[0])
                 else:
                     self._params[key + "__th"] = self._p(th)
-        host = graph.host
-        self._host = nn.ParameterDict({k: self._p(v) for k, v in host.time_mlp.items()})
-        for k, v in host.tail.items():
-            self._host["tail__" + k] = self._p(v)
-        for block, (w, b) in host.temb_proj.items():
-            key = block.replace(".", "__")
-            self._host[key + "__w"] = self._p(w)
-            self._host[key + "__b"] = self._p(b)
-        decay = host.readout_decay ** np.arange(self.T - 1, -1, -1, dtype=np.float64)
-        self._host["readout"] = self._p(decay)
 
     def _p(self, a: np.ndarray) -> nn.Parameter:
         return nn.Parameter(torch.as_tensor(np.asarray(a)).to(self.dtype), requires_grad=False)
 
-    # ----- host side ----------------------------------------------------------------------
-    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
-        p = self._host
-        h = F.linear(p["table"][t], p["fc1_w"], p["fc1_b"])
-        return F.linear(F.silu(h), p["fc2_w"], p["fc2_b"])
-
-    def temb_current(self, block: str, temb: torch.Tensor) -> torch.Tensor:
-        key = block.replace(".", "__")
-        return F.linear(F.silu(temb), self._host[key + "__w"], self._host[key + "__b"])
-
-    def tail(self, h: torch.Tensor) -> torch.Tensor:
-        p = {k[len("tail__"):]: v for k, v in self._host.items() if k.startswith("tail__")}
-        T, B = h.shape[:2]
-        y = h * p["bn_scale"].view(1, 1, -1, 1, 1) + p["bn_shift"].view(1, 1, -1, 1, 1)
-        y = F.conv2d(F.silu(y).flatten(0, 1), p["conv_w"], p["conv_b"], padding=p["conv_w"].shape[-1] // 2)
-        y = y.view(T, B, *y.shape[1:])
-        if "conv_gain" in p:
-            y = y * p["conv_gain"].view(-1, 1, 1, 1, 1)
-        g = F.conv2d(y.flatten(0, 1), p["out_w"], p["out_b"], padding=p["out_w"].shape[-1] // 2).view(y.shape)
-        g = g * p["out_bn_scale"].view(1, 1, -1, 1, 1) + p["out_bn_shift"].view(1, 1, -1, 1, 1)
-        y = F.silu(g) + y
-        return torch.einsum("t,t...->...", self._host["readout"], y)
+    def analog_input(self, node: AnalogInput, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[T, B, C, H, W]`` current of an input node; ``inputs[name]`` is ``[B, C, H, W]``."""
+        x = inputs[node.name].to(self.dtype)
+        return x.unsqueeze(0).expand(self.T, *x.shape)
 
     # ----- the spiking graph ----------------------------------------------------------------
-    def run_graph(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        """Per-step output of the graph ``[T, B, C, H, W]`` for image ``x`` and embedding ``temb``."""
-        T, B = self.T, x.shape[0]
+    @torch.no_grad()
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-step output ``[T, B, C, H, W]`` of the graph; ``inputs`` maps each input node to ``[B, C, H, W]``."""
+        first = next(iter(inputs.values()))
+        T, B = self.T, first.shape[0]
         vals: dict[str, torch.Tensor] = {}
         if self.record:
             self.spikes = {}
@@ -102,11 +76,7 @@ class GraphDenoiser(nn.Module):
             node = self.graph.nodes[name]
             key = name.replace(".", "__")
             if isinstance(node, AnalogInput):
-                if node.kind == "image":
-                    vals[name] = x.unsqueeze(0).expand(T, *x.shape)
-                else:
-                    cur = self.temb_current(node.block, temb)
-                    vals[name] = cur[None, :, :, None, None].expand(T, B, *node.shape)
+                vals[name] = self.analog_input(node, inputs)
                 continue
             inp = None
             for src in self.preds[name]:
@@ -133,11 +103,64 @@ class GraphDenoiser(nn.Module):
             vals[name] = out
         return vals[self.graph.output.name]
 
+
+class GraphDenoiser(GraphModule):
+    """The denoiser ``eps = f(x_t, t)`` rebuilt from a graph with host-side parameters."""
+
+    def __init__(self, graph: SNNGraph, dtype: torch.dtype = torch.float32):
+        if graph.host is None:
+            raise ValueError("the graph has no host-side parameters (time embedding, tail): not a denoiser")
+        super().__init__(graph, graph.host.T, dtype)
+        host = graph.host
+        self._host = nn.ParameterDict({k: self._p(v) for k, v in host.time_mlp.items()})
+        for k, v in host.tail.items():
+            self._host["tail__" + k] = self._p(v)
+        for block, (w, b) in host.temb_proj.items():
+            key = block.replace(".", "__")
+            self._host[key + "__w"] = self._p(w)
+            self._host[key + "__b"] = self._p(b)
+        decay = host.readout_decay ** np.arange(self.T - 1, -1, -1, dtype=np.float64)
+        self._host["readout"] = self._p(decay)
+
+    # ----- host side ----------------------------------------------------------------------
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        p = self._host
+        h = F.linear(p["table"][t], p["fc1_w"], p["fc1_b"])
+        return F.linear(F.silu(h), p["fc2_w"], p["fc2_b"])
+
+    def temb_current(self, block: str, temb: torch.Tensor) -> torch.Tensor:
+        key = block.replace(".", "__")
+        return F.linear(F.silu(temb), self._host[key + "__w"], self._host[key + "__b"])
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        p = {k[len("tail__"):]: v for k, v in self._host.items() if k.startswith("tail__")}
+        T, B = h.shape[:2]
+        y = h * p["bn_scale"].view(1, 1, -1, 1, 1) + p["bn_shift"].view(1, 1, -1, 1, 1)
+        y = F.conv2d(F.silu(y).flatten(0, 1), p["conv_w"], p["conv_b"], padding=p["conv_w"].shape[-1] // 2)
+        y = y.view(T, B, *y.shape[1:])
+        if "conv_gain" in p:
+            y = y * p["conv_gain"].view(-1, 1, 1, 1, 1)
+        g = F.conv2d(y.flatten(0, 1), p["out_w"], p["out_b"], padding=p["out_w"].shape[-1] // 2).view(y.shape)
+        g = g * p["out_bn_scale"].view(1, 1, -1, 1, 1) + p["out_bn_shift"].view(1, 1, -1, 1, 1)
+        y = F.silu(g) + y
+        return torch.einsum("t,t...->...", self._host["readout"], y)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c, h, w = self.graph.host.img_shape
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
             raise ValueError(f"denoiser input must be [B, {c}, {h}, {w}], got {list(x.shape)}")
+        return self.tail(self.run(self.denoiser_inputs(x, t)))
+
+    def denoiser_inputs(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[B, C, H, W]`` currents of every input node for one call at diffusion steps ``t``."""
         x = x.to(self.dtype)
         temb = self.time_embedding(t)
-        return self.tail(self.run_graph(x, temb))
+        inputs = {}
+        for node in self.graph.of_type(AnalogInput):
+            if node.kind == "image":
+                inputs[node.name] = x
+            else:
+                cur = self.temb_current(node.block, temb)
+                inputs[node.name] = cur[:, :, None, None].expand(x.shape[0], *node.shape)
+        return inputs

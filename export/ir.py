@@ -212,7 +212,7 @@ class HostParams:
 class SNNGraph:
     nodes: dict[str, Node]
     edges: list[tuple[str, str]]
-    host: HostParams
+    host: HostParams | None = None  # None for plain spiking networks (no denoiser host side)
 
     def __post_init__(self):
         self.validate()

@@ -41,7 +41,7 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 class _Builder:
     def __init__(self, model: SpikingUNet, dtype: np.dtype, threshold_scale: float):
-        self.cfg = model.cfg
+        self.decay = getattr(model.cfg, "decay", 1.0)
         self.dtype = dtype
         self.theta = model.cfg.theta * threshold_scale
         self.nodes: dict = {}
@@ -59,7 +59,7 @@ class _Builder:
 
     def neurons(self, name: str, source: str) -> str:
         shape = self.nodes[source].shape
-        return self.add(IFNeurons(name, np.full(shape, self.theta, dtype=self.dtype), decay=self.cfg.decay), source)
+        return self.add(IFNeurons(name, np.full(shape, self.theta, dtype=self.dtype), decay=self.decay), source)
 
     def conv_stage(self, prefix: str, conv: TSMConv2d, bn: nn.BatchNorm2d | None,
                    parts: list[tuple[str, str]]) -> list[str]:
@@ -189,3 +189,28 @@ def _host_params(model: SpikingUNet, to_np, threshold_scale: float) -> HostParam
     return HostParams(T=cfg.T, img_shape=(cfg.img_ch, cfg.img_size, cfg.img_size), time_mlp=time_mlp,
                       temb_proj=temb_proj, tail=tail_params, readout_decay=cfg.readout_decay,
                       schedule={"steps": cfg.diffusion_steps, "beta_start": 1e-4, "beta_end": 0.02}, theta=cfg.theta, threshold_scale=threshold_scale)
+
+
+def lower_spiking_cnn(model, dtype=np.float32) -> SNNGraph:
+    """The spiking graph of a :class:`sdm.train.spiking_cnn.SpikingCNN` (no host side)."""
+    from sdm.train.spiking_cnn import ResidualStage
+
+    cfg = model.cfg
+    b = _Builder(model, np.dtype(dtype), 1.0)
+    with torch.no_grad():
+        x = b.add(AnalogInput("x", (cfg.img_ch, cfg.img_size, cfg.img_size)))
+        h = b.conv_stage("conv_in", model.conv_in, model.bn_in, [("", x)])
+        cur = b.add(Junction("stem.out", b.nodes[h[0]].shape), *h)
+        for i, stage in enumerate(model.stages):
+            p = f"stages.{i}"
+            inner = [(f"{p}.a", stage.a), (f"{p}.b", stage.b)] if isinstance(stage, ResidualStage) else [(p, stage)]
+            src = cur
+            for q, st in inner:
+                s = b.neurons(f"{q}.neuron", src)
+                h = b.conv_stage(f"{q}.conv", st.conv, st.bn, [("", s)])
+                src = b.add(Junction(f"{q}.out", b.nodes[h[0]].shape), *h)
+            if isinstance(stage, ResidualStage):
+                src = b.add(Junction(f"{p}.out", b.nodes[src].shape), src, cur)
+            cur = src
+        b.add(Output("output", b.nodes[cur].shape), cur)
+    return SNNGraph(b.nodes, b.edges, None)

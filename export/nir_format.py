@@ -29,7 +29,7 @@ from sdm.train.checkpoint import atomic_write
 from .ir import (AnalogInput, Conv, HostParams, IFNeurons, Junction, Node, Output, SNNGraph, TemporalAffine,
                  Upsample)
 
-FORMAT = "sdm-snn"
+FORMAT = "sdm-snn"  # metadata tag of files written here
 FORMAT_VERSION = 1
 EXTENSIONS = ("temporal_affine", "upsample_nearest")
 
@@ -62,9 +62,11 @@ def _guard_graph(name: str, in_shape, out_shape, metadata: dict):
 
 
 def _elidable_junctions(graph: SNNGraph) -> set[str]:
-    """Junctions that no conv reads: their sources can feed their readers directly (fan-in)."""
+    """Junctions read only by neurons and other junctions: their sources can feed the readers
+    directly (fan-in).  Those read by a conv or by the Output stay (as unit ``Scale`` nodes);
+    readers such as nirtorch return an Output's fan-in as separate tensors instead of summing."""
     keep = {s for s, d in graph.edges if isinstance(graph.nodes[s], Junction)
-            and isinstance(graph.nodes[d], (Conv, TemporalAffine, Upsample))}
+            and isinstance(graph.nodes[d], (Conv, TemporalAffine, Upsample, Output))}
     return {n for n, node in graph.nodes.items() if isinstance(node, Junction) and n not in keep}
 
 
@@ -136,20 +138,51 @@ def to_nir(graph: SNNGraph):
     metadata = {
         "sdm.format": FORMAT, "sdm.format_version": FORMAT_VERSION,
         "sdm.extensions": ",".join(sorted(used)),
-        "dt": 1.0, "time_unit": "spiking step", "time_steps": graph.host.T,
+        "dt": 1.0, "time_unit": "spiking step",
         "spike_condition": "v >= v_threshold", "reset": "hard, to v_reset",
         "input_encoding": "Input nodes hold the same current at every one of the T steps",
-        "host": _host_metadata(graph.host),
     }
+    if graph.host is not None:
+        metadata["time_steps"] = graph.host.T
+        metadata["host"] = _host_metadata(graph.host)
     return nir.NIRGraph(nodes=nodes, edges=_expanded_edges(graph, elide), metadata=metadata)
 
 
-def write_nir(graph: SNNGraph, path: str | os.PathLike) -> Path:
-    """Write ``graph`` to ``path`` atomically (gzip-compressed NIR/HDF5)."""
+COMPRESS_MIN_ELEMENTS = 256
+
+
+def _write_hdf5(path: str, ng) -> None:
+    """``nir.write``'s exact layout (``version``, ``node/...`` from ``to_dict()``), with two storage
+    choices that keep files of small networks small: gzip only for arrays of at least
+    ``COMPRESS_MIN_ELEMENTS`` (a compressed dataset costs a few KB of chunk index) and the
+    compact HDF5 object headers of ``libver='latest'``.  ``nir.read`` reads it unchanged."""
     import nir
 
+    def rec(group: h5py.Group, node: dict) -> None:
+        for k, v in node.items():
+            if k == "metadata":
+                if v != {}:
+                    rec(group.create_group(k), v)
+            elif isinstance(v, str):
+                group.create_dataset(k, data=v, dtype=h5py.string_dtype())
+            elif isinstance(v, np.ndarray):
+                big = v.size >= COMPRESS_MIN_ELEMENTS
+                group.create_dataset(k, data=v, dtype=v.dtype, compression="gzip" if big else None,
+                                     shuffle=big)
+            elif isinstance(v, dict):
+                rec(group.create_group(str(k)), v)
+            else:
+                group.create_dataset(k, data=v)
+
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset("version", data=nir.version, dtype=h5py.string_dtype())
+        rec(f.create_group("node"), ng.to_dict())
+
+
+def write_nir(graph: SNNGraph, path: str | os.PathLike) -> Path:
+    """Write ``graph`` to ``path`` atomically as a NIR (HDF5) file."""
     ng = to_nir(graph)
-    return atomic_write(path, lambda tmp: nir.write(tmp, ng))
+    return atomic_write(path, lambda tmp: _write_hdf5(tmp, ng))
 
 
 # ----- reading ----------------------------------------------------------------------------
@@ -275,28 +308,28 @@ def _host_from_metadata(meta: dict, path: Path) -> HostParams:
                       threshold_scale=float(h["threshold_scale"]))
 
 
-def read_nir(path: str | os.PathLike) -> SNNGraph:
-    """Read a file written by :func:`write_nir` (or any NIR graph of the supported node types,
-    but running denoising also needs the host-side metadata)."""
+def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
+    """Read a NIR file of the supported node types into the IR.
+
+    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
+    ``require_host=False`` plain spiking networks (from this or another tool) load too."""
     path = Path(path)
     ng = _load_nir(path)
     meta = ng.metadata
-    fmt = meta.get("sdm.format")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-    if fmt != FORMAT or "host" not in meta:
-        raise NIRFormatError(f"{path}: not written by sdm export-nir (no host-side parameters: time embedding, "
-                             "tail, schedule), so it cannot run denoising steps")
     if int(meta.get("sdm.format_version", 0)) > FORMAT_VERSION:
         raise NIRFormatError(f"{path}: format version {meta['sdm.format_version']} is newer than this tool")
+    if require_host and "host" not in meta:
+        raise NIRFormatError(f"{path}: not a denoiser written by sdm export-nir (no host-side parameters: "
+                             "time embedding, tail, schedule), so it cannot run denoising steps")
     nodes = {name: _node_from_nir(name, n, path) for name, n in ng.nodes.items()}
     try:
-        host = _host_from_metadata(meta, path)
+        host = _host_from_metadata(meta, path) if "host" in meta else None
         graph = SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
     except (KeyError, TypeError) as e:
         raise NIRFormatError(f"{path}: incomplete host-side metadata ({type(e).__name__}: {e})") from None
     except ValueError as e:
         raise NIRFormatError(f"{path}: {' '.join(str(e).split())}") from None
     for n in graph.of_type(AnalogInput):
-        if n.kind == "temb" and n.block not in host.temb_proj:
+        if n.kind == "temb" and (host is None or n.block not in host.temb_proj):
             raise NIRFormatError(f"{path}: input {n.name!r} names block {n.block!r} with no projection")
     return graph

@@ -1,0 +1,60 @@
+"""Python API of the export stage: checkpoint -> NIR file -> executable denoiser."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdm.train.sampling import model_from_checkpoint
+
+from .execute import GraphDenoiser
+from .ir import IFNeurons, SNNGraph, TemporalAffine, Upsample
+from .lower import lower_unet
+from .nir_format import read_nir, write_nir
+
+DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64)}
+
+
+def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
+                      threshold_scale: float = 1.0, dtype: str = "float32", use_ema: bool = True,
+                      progress: bool = False) -> dict:
+    """Export ``model.pt`` to NIR (default ``model.nir`` beside it); returns a summary dict."""
+    from tqdm.auto import tqdm
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model_path = Path(model_path)
+    out_path = Path(out_path) if out_path else model_path.with_suffix(".nir")
+    t0 = time.perf_counter()
+    with tqdm(total=3, desc="export-nir", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str("loading checkpoint")
+        model, _, ckpt = model_from_checkpoint(model_path, use_ema=use_ema)
+        bar.update()
+        bar.set_postfix_str("lowering")
+        graph = lower_unet(model, dtype=DTYPES[dtype][0], threshold_scale=threshold_scale,
+                           schedule=ckpt.get("diffusion"))
+        bar.update()
+        bar.set_postfix_str("writing")
+        write_nir(graph, out_path)
+        bar.update()
+    return {**graph_summary(graph), "path": str(out_path), "bytes": out_path.stat().st_size,
+            "seconds": time.perf_counter() - t0, "dtype": dtype, "threshold_scale": threshold_scale}
+
+
+def graph_summary(graph: SNNGraph) -> dict:
+    ext = sorted({"temporal_affine" for _ in graph.of_type(TemporalAffine)} |
+                 {"upsample_nearest" for _ in graph.of_type(Upsample)})
+    return {"nodes": len(graph.nodes), "edges": len(graph.edges), "parameters": graph.num_parameters(),
+            "neurons": sum(int(np.prod(n.shape)) for n in graph.of_type(IFNeurons)),
+            "neuron_groups": sum(1 for _ in graph.of_type(IFNeurons)), "extensions": ext, "T": graph.host.T}
+
+
+def import_nir(path: str | os.PathLike, dtype: str = "float32") -> GraphDenoiser:
+    """Rebuild an executable (eval, inference-only) PyTorch denoiser from a NIR file."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return GraphDenoiser(read_nir(path), dtype=DTYPES[dtype][1]).eval()

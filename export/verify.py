@@ -1,0 +1,56 @@
+"""Layer-by-layer comparison of an imported graph with the PyTorch model it came from."""
+
+from __future__ import annotations
+
+import torch
+
+from sdm.train.neuron import IFNeuron
+from sdm.train.unet import SpikingUNet
+
+from .execute import GraphDenoiser
+
+
+def record_model_spikes(model: SpikingUNet, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``(eps, {neuron module name: spikes [T, B, C, H, W]})`` for one eval call of ``model``."""
+    spikes, hooks = {}, []
+    for name, mod in model.named_modules():
+        if isinstance(mod, IFNeuron):
+            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: spikes.__setitem__(name, o)))
+    try:
+        with torch.no_grad():
+            eps = model(x, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    return eps, spikes
+
+
+def graph_spikes_by_module(graph_spikes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Join split neuron groups (``up.3.neuron1.h`` + ``up.3.neuron1.skip``) back into module outputs."""
+    out: dict[str, torch.Tensor] = {}
+    for name, s in graph_spikes.items():
+        if name.endswith(".h") or name.endswith(".skip"):
+            base = name.rsplit(".", 1)[0]
+            if base not in out:
+                out[base] = torch.cat([graph_spikes[base + ".h"], graph_spikes[base + ".skip"]], dim=2)
+        else:
+            out[name] = s
+    return out
+
+
+def compare(model: SpikingUNet, denoiser: GraphDenoiser, x: torch.Tensor, t: torch.Tensor) -> dict:
+    """Per-layer spike mismatches and the largest eps difference for the same ``x_t`` and ``t``."""
+    eps_m, sp_m = record_model_spikes(model, x.to(next(model.parameters()).dtype), t)
+    denoiser.record = True
+    try:
+        eps_g = denoiser(x, t)
+    finally:
+        denoiser.record = False
+    sp_g = graph_spikes_by_module(denoiser.spikes)
+    if set(sp_m) != set(sp_g):
+        raise ValueError(f"neuron layers differ: model-only {sorted(set(sp_m) - set(sp_g))}, "
+                         f"graph-only {sorted(set(sp_g) - set(sp_m))}")
+    layers = {name: {"mismatches": int((sp_m[name] != sp_g[name].to(sp_m[name].dtype)).sum()),
+                     "spikes": int(sp_m[name].sum()), "neuron_steps": sp_m[name].numel()} for name in sp_m}
+    return {"layers": layers, "total_mismatches": sum(v["mismatches"] for v in layers.values()),
+            "eps_max_abs_err": float((eps_m.double() - eps_g.double()).abs().max())}

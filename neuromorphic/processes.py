@@ -1,0 +1,241 @@
+"""Lava processes the spiking UNet needs beyond Lava's core set, and their CPU models.
+
+Timing conventions (Lava's LoihiProtocol): a synapse process (Conv, Dense, Sparse) sends
+in step k what it computed from its input of step k-1, so every synapse stage adds one
+step of latency.  Neurons and the relays below receive and send within the same step
+(zero latency), as Lava's LIF does.  All vectors are in Lava's (W, H, C) layout.
+
+Process                Loihi 2 counterpart (docs/lava-mapping.md)
+---------------------  ---------------------------------------------------------------
+RecordingLIFReset      LIF with periodic reset (Lava's ``LIFReset`` dynamics) + a probe
+AnalogJunction         dendritic accumulation of several synaptic inputs plus a bias,
+                       forwarded as graded spikes
+TemporalGain           per-time-step synaptic scaling (TSM gain) of graded spikes
+UpsampleNearest        fan-out connectivity of nearest-neighbour upsampling
+DelayLine              synaptic delay of graded values (Loihi 2: per-synapse delays)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.lif.models import AbstractPyLifModelFixed, AbstractPyLifModelFloat
+from lava.proc.lif.process import LIFReset
+
+
+class RecordingLIFReset(LIFReset):
+    """``LIFReset`` that also records, for the current run, its spike count per window step
+    (``counts``, shape ``(window,)``) and optionally every spike (``spikes``, ``(window, W, H, C)``).
+
+    The window of a run starts at local step ``window_start`` (the layer's depth) and lasts
+    ``window`` steps; ``run_length`` is the number of Lava steps of one run.
+    """
+
+    def __init__(self, *, window_start: int, window: int, run_length: int, record_spikes: bool, **kwargs):
+        super().__init__(**kwargs)
+        shape = kwargs["shape"]
+        self.proc_params["window_start"] = window_start
+        self.proc_params["window"] = window
+        self.proc_params["run_length"] = run_length
+        self.counts = Var(shape=(window,), init=np.zeros(window))
+        self.spikes = Var(shape=(window, *shape) if record_spikes else (1,),
+                          init=np.zeros((window, *shape) if record_spikes else (1,)))
+
+
+class _RecordingMixin:
+    """LIFReset's step (reset at the window phase, integrate, fire, reset spiking neurons),
+    plus the record.  Lava forbids subclassing its decorated models, so the LIFReset
+    specifics (reset schedule, threshold test) are restated here on Lava's abstract bases."""
+
+    def _init_recording(self, proc_params):
+        self.reset_interval = proc_params["reset_interval"]
+        self.reset_offset = proc_params["reset_offset"] % self.reset_interval
+        self.window_start = proc_params["window_start"]
+        self.window = proc_params["window"]
+        self.run_length = proc_params["run_length"]
+
+    def _before_dynamics(self):
+        pass
+
+    def _record(self, s_out):
+        i = (self.time_step - 1) % self.run_length - self.window_start
+        if 0 <= i < self.window:
+            self.counts[i] = np.count_nonzero(s_out)
+            if self.spikes.shape[0] == self.window:
+                self.spikes[i] = s_out
+
+    def run_spk(self):
+        a_in = self.a_in.recv()
+        if (self.time_step % self.reset_interval) == self.reset_offset:
+            self.u *= 0
+            self.v *= 0
+        self._before_dynamics()
+        self.subthr_dynamics(activation_in=a_in)
+        s_out = self.spiking_activation()
+        self.reset_voltage(spike_vector=s_out)
+        self._record(s_out)
+        self.s_out.send(s_out)
+
+
+@implements(proc=RecordingLIFReset, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyRecordingLIFResetFloat(_RecordingMixin, AbstractPyLifModelFloat):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    vth: float = LavaPyType(float, float)
+    counts: np.ndarray = LavaPyType(np.ndarray, float)
+    spikes: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._init_recording(proc_params)
+
+    def spiking_activation(self):
+        return self.v > self.vth
+
+
+@implements(proc=RecordingLIFReset, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("bit_accurate_loihi", "fixed_pt")
+class PyRecordingLIFResetFixed(_RecordingMixin, AbstractPyLifModelFixed):
+    """Loihi's integer LIF (24-bit u, v; 12-bit decays; 13-bit bias mantissa; threshold << 6)."""
+
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    vth: int = LavaPyType(int, np.int32, precision=17)
+    counts: np.ndarray = LavaPyType(np.ndarray, float)
+    spikes: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._init_recording(proc_params)
+        self.effective_vth = 0
+
+    def scale_threshold(self):
+        self.effective_vth = np.left_shift(self.vth, self.vth_shift)
+        self.isthrscaled = True
+
+    def spiking_activation(self):
+        return self.v > self.effective_vth
+
+    def _before_dynamics(self):
+        # bias is rescaled every step because it is set between runs
+        self.scale_bias()
+        if not self.isthrscaled:
+            self.scale_threshold()
+
+
+# ----- graded relays ----------------------------------------------------------------------
+class _Relay(AbstractProcess):
+    def __init__(self, *, shape, out_shape=None, **kwargs):
+        super().__init__(shape=shape, **kwargs)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=out_shape or shape)
+
+
+class AnalogJunction(_Relay):
+    """``y = sum of inputs + bias``: a residual stream (float current) with its constant part.
+
+    With ``window > 0`` it also records its output over the run's window (``record``)."""
+
+    def __init__(self, *, shape, bias=None, window_start=0, window=0, run_length=1, **kwargs):
+        super().__init__(shape=shape, window_start=window_start, window=window, run_length=run_length, **kwargs)
+        self.bias = Var(shape=shape, init=np.zeros(shape) if bias is None else bias)
+        self.record = Var(shape=(window, *shape) if window else (1,), init=np.zeros((window, *shape) if window else 1))
+
+
+@implements(proc=AnalogJunction, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt", "fixed_pt")
+class PyAnalogJunction(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    record: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self):
+        y = self.a_in.recv() + self.bias
+        window = self.proc_params["window"]
+        if window:
+            i = (self.time_step - 1) % self.proc_params["run_length"] - self.proc_params["window_start"]
+            if 0 <= i < window:
+                self.record[i] = y
+        self.a_out.send(y)
+
+
+class TemporalGain(_Relay):
+    """TSM: ``y = gain[n] * (x + bias_in) + bias_out`` with ``n = (local step - window_start) mod T``."""
+
+    def __init__(self, *, shape, gain, bias_in, bias_out, window_start, **kwargs):
+        super().__init__(shape=shape, window_start=window_start, **kwargs)
+        self.gain = Var(shape=gain.shape, init=gain)
+        self.bias_in = Var(shape=shape, init=bias_in)
+        self.bias_out = Var(shape=shape, init=bias_out)
+
+
+@implements(proc=TemporalGain, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt", "fixed_pt")
+class PyTemporalGain(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    gain: np.ndarray = LavaPyType(np.ndarray, float)
+    bias_in: np.ndarray = LavaPyType(np.ndarray, float)
+    bias_out: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self):
+        n = (self.time_step - 1 - self.proc_params["window_start"]) % len(self.gain)
+        self.a_out.send(self.gain[n] * (self.a_in.recv() + self.bias_in) + self.bias_out)
+
+
+class UpsampleNearest(_Relay):
+    """``y[i, j, c] = x[i // s, j // s, c]`` (spikes stay binary)."""
+
+    def __init__(self, *, shape, scale=2, **kwargs):
+        w, h, c = shape
+        super().__init__(shape=shape, out_shape=(w * scale, h * scale, c), scale=scale, **kwargs)
+
+
+@implements(proc=UpsampleNearest, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt", "fixed_pt")
+class PyUpsampleNearest(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+    def run_spk(self):
+        s = self.proc_params["scale"]
+        self.a_out.send(self.a_in.recv().repeat(s, axis=0).repeat(s, axis=1))
+
+
+class DelayLine(_Relay):
+    """``y[k] = x[k - delay]`` (zeros for the first ``delay`` steps)."""
+
+    def __init__(self, *, shape, delay: int, **kwargs):
+        if delay < 1:
+            raise ValueError(f"delay must be >= 1, got {delay}")
+        super().__init__(shape=shape, delay=delay, **kwargs)
+
+
+@implements(proc=DelayLine, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt", "fixed_pt")
+class PyDelayLine(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+    def run_spk(self):
+        if not hasattr(self, "_fifo"):
+            shape = self.a_out.shape
+            self._fifo = deque(np.zeros(shape) for _ in range(self.proc_params["delay"]))
+        self._fifo.append(self.a_in.recv())
+        self.a_out.send(self._fifo.popleft())

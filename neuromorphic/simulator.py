@@ -1,0 +1,171 @@
+"""Running denoiser calls of a spiking graph in Lava's CPU simulator.
+
+:class:`LavaDenoiser` compiles the process graph once (on the first call), then serves
+calls ``eps = f(x_t, t)`` for a fixed batch size: the host computes the time-embedding
+currents and sets them as neuron biases, writes ``x_t`` into the input buffer, runs
+``run_length`` Lava steps, reads the recorded output window and applies the host-side
+tail.  It always shuts Lava down: on ``close()``, on leaving a ``with`` block, on errors,
+on Ctrl-C and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+import weakref
+
+import numpy as np
+import torch
+
+from sdm.export.execute import GraphDenoiser
+from sdm.export.ir import SNNGraph
+
+from .builder import LavaGraph, build, whc
+
+MODES = ("floating_pt", "fixed_pt")
+_OPEN: "weakref.WeakSet[LavaDenoiser]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all():
+    for sim in list(_OPEN):
+        sim.close()
+
+
+class LavaDenoiser:
+    def __init__(self, graph: SNNGraph, batch: int = 1, mode: str = "floating_pt", record_spikes: bool = False,
+                 threshold_scale: float = 1.0):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if graph.host is None:
+            raise ValueError("the graph has no host-side parameters: not a denoiser")
+        if mode == "fixed_pt":
+            from .fixed_point import FixedPointPlan
+
+            self.plan = FixedPointPlan(graph)
+            graph = self.plan.quantized_graph()
+        else:
+            self.plan = None
+        self.graph = graph
+        self.mode = mode
+        self.batch = batch
+        self.host = GraphDenoiser(graph, dtype=torch.float64)
+        self.host.threshold_scale = threshold_scale
+        self.T = graph.host.T
+        self.net: LavaGraph = build(graph, self.T, batch=batch, record_spikes=record_spikes,
+                                    threshold_scale=threshold_scale)
+        self.record_spikes = record_spikes
+        self.compiled = False
+        self.closed = False
+        self.compile_seconds = None
+        self.last_counts: dict[str, np.ndarray] = {}
+        self.last_spikes: dict[str, np.ndarray] = {}
+        _OPEN.add(self)
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    def _run_cfg(self):
+        from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava.proc.conv.process import Conv
+
+        from .conv_model import FastConvModelFixed, FastConvModelFloat
+
+        conv_model = FastConvModelFloat if self.mode == "floating_pt" else FastConvModelFixed
+        return Loihi2SimCfg(select_tag=self.mode, exception_proc_model_map={Conv: conv_model})
+
+    def _run(self):
+        from lava.magma.core.run_conditions import RunSteps
+
+        self.net.source.run(condition=RunSteps(num_steps=self.net.run_length), run_cfg=self._run_cfg())
+
+    def close(self) -> None:
+        """Stop the Lava runtime (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        _OPEN.discard(self)
+        if self.compiled:
+            try:
+                self.net.source.stop()
+            except Exception:  # the runtime may already be down after an error; nothing left to stop
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # ----- one call ---------------------------------------------------------------------------
+    @property
+    def num_processes(self) -> int:
+        return self.net.num_processes
+
+    def set_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        x = x.to(torch.float64)
+        B, T = self.batch, self.T
+        if x.shape[0] != B:
+            raise ValueError(f"this simulator was built for batches of {B}, got {x.shape[0]}")
+        if not torch.all(t == t[0]):
+            raise ValueError("all images of a pipelined batch must be at the same diffusion step t")
+        inputs = self.host.denoiser_inputs(x, t)
+        image = x.numpy()
+        data = np.repeat(np.stack([whc(img) for img in image], axis=-1), T, axis=-1)  # (W, H, C, B*T)
+        if self.plan is not None:
+            data = self.plan.quantize_input(data)
+        self.net.source.data.set(data)
+        for name, proc in self.net.neurons.items():
+            b = self.net.static_bias[name]
+            for temb in self.net.temb_of[name]:
+                b = b + whc(inputs[temb][0].numpy())
+            if self.plan is not None:
+                b = self.plan.quantize_bias(name, b)
+            proc.bias_mant.set(b)
+
+    def run_graph(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per-step graph output ``[T, B, C, H, W]`` from Lava."""
+        if self.closed:
+            raise RuntimeError("this Lava simulator is closed")
+        if not self.compiled:
+            t0 = time.perf_counter()
+            self._run_first(x, t)
+            self.compile_seconds = time.perf_counter() - t0
+        else:
+            self.set_inputs(x, t)
+            self._run()
+        rec = self.net.output.record.get()  # (B*T, W, H, C)
+        if self.plan is not None:
+            rec = self.plan.dequantize_output(rec)
+        self._collect_records()
+        out = torch.from_numpy(rec.transpose(0, 3, 2, 1).copy())  # (B*T, C, H, W)
+        return out.view(self.batch, self.T, *out.shape[1:]).transpose(0, 1)
+
+    def _run_first(self, x, t):
+        # Lava compiles on the first run; Vars can only be set once the runtime exists,
+        # so the first call runs once to build, then again with the real inputs.
+        try:
+            self._run()
+            self.compiled = True
+            self.set_inputs(x, t)
+            self._run()
+        except BaseException:
+            self.compiled = True
+            self.close()
+            raise
+
+    def _collect_records(self):
+        self.last_counts = {n: p.counts.get().reshape(self.batch, self.T) for n, p in self.net.neurons.items()}
+        if self.record_spikes:  # (B*T, W, H, C) -> [T, B, C, H, W]
+            self.last_spikes = {}
+            for n, p in self.net.neurons.items():
+                s = p.spikes.get().transpose(0, 3, 2, 1)
+                self.last_spikes[n] = s.reshape(self.batch, self.T, *s.shape[1:]).transpose(1, 0, 2, 3, 4)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        try:
+            h = self.run_graph(x, t)
+        except BaseException:
+            self.close()
+            raise
+        with torch.no_grad():
+            return self.host.tail(h)

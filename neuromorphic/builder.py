@@ -85,15 +85,17 @@ class LavaGraph:
 
 
 def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
-          threshold_scale: float = 1.0, weight_transform=None) -> LavaGraph:
+          threshold_scale: float = 1.0, plan=None) -> LavaGraph:
     """Create (not yet compile) the Lava processes of ``graph``.
 
-    ``weight_transform(name, weight) -> (weight, extra)`` lets the fixed-point mode quantise
-    conv kernels; the float mode uses weights as they are."""
+    With a :class:`~sdm.neuromorphic.fixed_point.FixedPointPlan` the parameters are integers
+    for Lava's ``fixed_pt`` models; without one they are used as they are (``floating_pt``)."""
     from lava.proc.conv.process import Conv as LavaConv
     from lava.proc.io.source import RingBuffer
 
-    from .processes import AnalogJunction, DelayLine, RecordingLIFReset, TemporalGain, UpsampleNearest
+    from .lava_models.processes import AnalogJunction, DelayLine, RecordingLIFReset, TemporalGain, UpsampleNearest
+
+    cur = plan.current if plan is not None else (lambda a: np.asarray(a, dtype=float))
 
     d = depths(graph)
     out_name = graph.output.name
@@ -124,14 +126,12 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
             if node.kind == "image":
                 if source is not None:
                     raise LavaBuildError(f"{name}: only one image input is supported")
-                source = procs[name] = RingBuffer(data=np.zeros((*shape, window)))
+                source = procs[name] = RingBuffer(data=np.zeros((*shape, window), dtype=float if plan is None else int))
             continue
         if isinstance(node, Conv):
-            w = node.weight
-            if weight_transform is not None:
-                w = weight_transform(name, w)
+            w, exp = (node.weight, 0) if plan is None else (plan.conv_mant[name], plan.conv_exp[name])
             spiking_in = isinstance(graph.nodes[graph.predecessors(name)[0]], (IFNeurons, Upsample))
-            procs[name] = LavaConv(weight=lava_conv_weight(w), input_shape=chw_shape(node.in_shape),
+            procs[name] = LavaConv(weight=lava_conv_weight(w), weight_exp=exp, input_shape=chw_shape(node.in_shape),
                                    padding=node.padding, stride=node.stride,
                                    num_message_bits=0 if spiking_in else 24, name=name)
         elif isinstance(node, IFNeurons):
@@ -140,22 +140,28 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
                 raise LavaBuildError(f"{name}: per-neuron thresholds are not supported (Lava LIF has one vth)")
             static_bias[name] = whc(bias.get(name, np.zeros(node.shape)))
             temb_of[name] = [p for p in graph.predecessors(name) if _is_temb(graph.nodes[p])]
+            if plan is None:
+                du, dv, vth = 1.0, 1.0 - node.decay, float(th.flat[0]) * threshold_scale
+                bias_mant, bias_exp = static_bias[name].copy(), 0
+            else:
+                (du, dv), vth = plan.decays(node.decay), plan.threshold(float(th.flat[0]) * threshold_scale)
+                bias_mant, bias_exp = plan.neuron_bias(static_bias[name])
             neurons[name] = procs[name] = RecordingLIFReset(
-                shape=shape, du=1.0, dv=1.0 - node.decay, vth=float(th.flat[0]) * threshold_scale,
-                bias_mant=static_bias[name].copy(), reset_interval=T, reset_offset=(d[name] + 1) % T,
+                shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=bias_exp,
+                reset_interval=T, reset_offset=(d[name] + 1) % T,
                 window_start=d[name], window=window, run_length=run_length, record_spikes=record_spikes,
                 name=name)
         elif isinstance(node, Junction):
             rec = name == out_src[0]
-            procs[name] = AnalogJunction(shape=shape, bias=whc(bias.get(name, np.zeros(node.shape))),
+            procs[name] = AnalogJunction(shape=shape, bias=cur(whc(bias.get(name, np.zeros(node.shape)))),
                                          window_start=d[name] if rec else 0, window=window if rec else 0,
                                          run_length=run_length, name=name)
         elif isinstance(node, TemporalAffine):
             if len(node.gain) != T:
                 raise LavaBuildError(f"{name}: TSM gain has {len(node.gain)} steps, the graph runs {T}")
             procs[name] = TemporalGain(shape=shape, gain=np.asarray(node.gain, dtype=float),
-                                       bias_in=whc(bias.get(name, np.zeros(node.shape))),
-                                       bias_out=whc(np.broadcast_to(node.offset.reshape(-1, 1, 1), node.shape)),
+                                       bias_in=cur(whc(bias.get(name, np.zeros(node.shape)))),
+                                       bias_out=cur(whc(np.broadcast_to(node.offset.reshape(-1, 1, 1), node.shape))),
                                        window_start=d[name], name=name)
         elif isinstance(node, Upsample):
             procs[name] = UpsampleNearest(shape=chw_shape(node.in_shape), scale=node.scale, name=name)

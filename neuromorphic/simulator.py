@@ -43,7 +43,6 @@ class LavaDenoiser:
             from .fixed_point import FixedPointPlan
 
             self.plan = FixedPointPlan(graph)
-            graph = self.plan.quantized_graph()
         else:
             self.plan = None
         self.graph = graph
@@ -53,12 +52,13 @@ class LavaDenoiser:
         self.host.threshold_scale = threshold_scale
         self.T = graph.host.T
         self.net: LavaGraph = build(graph, self.T, batch=batch, record_spikes=record_spikes,
-                                    threshold_scale=threshold_scale)
+                                    threshold_scale=threshold_scale, plan=self.plan)
         self.record_spikes = record_spikes
         self.compiled = False
         self.closed = False
         self.compile_seconds = None
         self.last_counts: dict[str, np.ndarray] = {}
+        self.timing = {"set_inputs": 0.0, "run": 0.0, "read_records": 0.0}
         self.last_spikes: dict[str, np.ndarray] = {}
         _OPEN.add(self)
 
@@ -67,7 +67,7 @@ class LavaDenoiser:
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.process import Conv
 
-        from .conv_model import FastConvModelFixed, FastConvModelFloat
+        from .lava_models.conv_model import FastConvModelFixed, FastConvModelFloat
 
         conv_model = FastConvModelFloat if self.mode == "floating_pt" else FastConvModelFixed
         return Loihi2SimCfg(select_tag=self.mode, exception_proc_model_map={Conv: conv_model})
@@ -118,9 +118,12 @@ class LavaDenoiser:
             b = self.net.static_bias[name]
             for temb in self.net.temb_of[name]:
                 b = b + whc(inputs[temb][0].numpy())
-            if self.plan is not None:
-                b = self.plan.quantize_bias(name, b)
-            proc.bias_mant.set(b)
+            if self.plan is None:
+                proc.bias_mant.set(b)
+            else:
+                mant, exp = self.plan.neuron_bias(b)
+                proc.bias_mant.set(mant)
+                proc.bias_exp.set(exp)
 
     def run_graph(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Per-step graph output ``[T, B, C, H, W]`` from Lava."""
@@ -131,12 +134,18 @@ class LavaDenoiser:
             self._run_first(x, t)
             self.compile_seconds = time.perf_counter() - t0
         else:
+            t0 = time.perf_counter()
             self.set_inputs(x, t)
+            t1 = time.perf_counter()
             self._run()
+            self.timing["set_inputs"] += t1 - t0
+            self.timing["run"] += time.perf_counter() - t1
+        t0 = time.perf_counter()
         rec = self.net.output.record.get()  # (B*T, W, H, C)
         if self.plan is not None:
             rec = self.plan.dequantize_output(rec)
         self._collect_records()
+        self.timing["read_records"] += time.perf_counter() - t0
         out = torch.from_numpy(rec.transpose(0, 3, 2, 1).copy())  # (B*T, C, H, W)
         return out.view(self.batch, self.T, *out.shape[1:]).transpose(0, 1)
 

@@ -63,7 +63,10 @@ class _FastConvBase(PyLoihiProcessModel):
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)
         y = conv_whc(s_in.astype(self._dtype), self._wmat, self.kernel_size, self.stride, self.padding)
-        self._buf = self.clamp(y)
+        self._buf = self.clamp(self.scale(y))
+
+    def scale(self, y):
+        return y
 
     def clamp(self, y):
         return y
@@ -84,14 +87,21 @@ class FastConvModelFloat(_FastConvBase):
 @requires(CPU)
 @tag("fixed_pt")
 class FastConvModelFixed(_FastConvBase):
-    """Integer version: int64 accumulation, weights shifted by ``weight_exp``, output clamped to 24 bits
-    (as Lava's ``PyConvModelFixed``)."""
+    """Integer version: int64 accumulation, scaled by ``2**weight_exp`` (a right shift with rounding
+    for negative exponents: 8-bit mantissas with a shared exponent), output clamped to 24 bits as in
+    Lava's ``PyConvModelFixed`` (which itself ignores ``weight_exp``)."""
 
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     a_buf: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
     _dtype = np.int64
+
+    def scale(self, y):
+        e = int(self.weight_exp.item()) if np.ndim(self.weight_exp) else int(self.weight_exp)
+        if e >= 0:
+            return y << e
+        return (y + (1 << (-e - 1))) >> -e
 
     def clamp(self, y):
         return np.clip(y, -(2 ** 23), 2 ** 23 - 1).astype(np.int32)

@@ -153,15 +153,7 @@ class AnalogJunction(_Relay):
         self.record = Var(shape=(window, *shape) if window else (1,), init=np.zeros((window, *shape) if window else 1))
 
 
-@implements(proc=AnalogJunction, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyAnalogJunction(PyLoihiProcessModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    record: np.ndarray = LavaPyType(np.ndarray, float)
-
+class _PyAnalogJunction(PyLoihiProcessModel):
     def run_spk(self):
         y = self.a_in.recv() + self.bias
         window = self.proc_params["window"]
@@ -170,6 +162,26 @@ class PyAnalogJunction(PyLoihiProcessModel):
             if 0 <= i < window:
                 self.record[i] = y
         self.a_out.send(y)
+
+
+@implements(proc=AnalogJunction, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyAnalogJunctionFloat(_PyAnalogJunction):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    record: np.ndarray = LavaPyType(np.ndarray, float)
+
+
+@implements(proc=AnalogJunction, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyAnalogJunctionFixed(_PyAnalogJunction):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    record: np.ndarray = LavaPyType(np.ndarray, float)
 
 
 class TemporalGain(_Relay):
@@ -182,19 +194,40 @@ class TemporalGain(_Relay):
         self.bias_out = Var(shape=shape, init=bias_out)
 
 
+class _PyTemporalGain(PyLoihiProcessModel):
+    def run_spk(self):
+        n = (self.time_step - 1 - self.proc_params["window_start"]) % len(self.gain)
+        self.a_out.send(self.finish(self.gain[n] * (self.a_in.recv() + self.bias_in)) + self.bias_out)
+
+    def finish(self, y):
+        return y
+
+
 @implements(proc=TemporalGain, protocol=LoihiProtocol)
 @requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyTemporalGain(PyLoihiProcessModel):
+@tag("floating_pt")
+class PyTemporalGainFloat(_PyTemporalGain):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     gain: np.ndarray = LavaPyType(np.ndarray, float)
     bias_in: np.ndarray = LavaPyType(np.ndarray, float)
     bias_out: np.ndarray = LavaPyType(np.ndarray, float)
 
-    def run_spk(self):
-        n = (self.time_step - 1 - self.proc_params["window_start"]) % len(self.gain)
-        self.a_out.send(self.gain[n] * (self.a_in.recv() + self.bias_in) + self.bias_out)
+
+@implements(proc=TemporalGain, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyTemporalGainFixed(_PyTemporalGain):
+    """Graded values in state units; the gain product is rounded back to an integer."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    gain: np.ndarray = LavaPyType(np.ndarray, float)
+    bias_in: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    bias_out: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def finish(self, y):
+        return np.round(y).astype(np.int32)
 
 
 class UpsampleNearest(_Relay):
@@ -205,16 +238,26 @@ class UpsampleNearest(_Relay):
         super().__init__(shape=shape, out_shape=(w * scale, h * scale, c), scale=scale, **kwargs)
 
 
-@implements(proc=UpsampleNearest, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyUpsampleNearest(PyLoihiProcessModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-
+class _PyUpsampleNearest(PyLoihiProcessModel):
     def run_spk(self):
         s = self.proc_params["scale"]
         self.a_out.send(self.a_in.recv().repeat(s, axis=0).repeat(s, axis=1))
+
+
+@implements(proc=UpsampleNearest, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyUpsampleNearestFloat(_PyUpsampleNearest):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+
+@implements(proc=UpsampleNearest, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyUpsampleNearestFixed(_PyUpsampleNearest):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
 
 class DelayLine(_Relay):
@@ -226,16 +269,28 @@ class DelayLine(_Relay):
         super().__init__(shape=shape, delay=delay, **kwargs)
 
 
-@implements(proc=DelayLine, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyDelayLine(PyLoihiProcessModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-
+class _PyDelayLine(PyLoihiProcessModel):
     def run_spk(self):
         if not hasattr(self, "_fifo"):
-            shape = self.a_out.shape
-            self._fifo = deque(np.zeros(shape) for _ in range(self.proc_params["delay"]))
+            zero = np.zeros(self.a_out.shape, dtype=self._dtype)
+            self._fifo = deque(zero.copy() for _ in range(self.proc_params["delay"]))
         self._fifo.append(self.a_in.recv())
         self.a_out.send(self._fifo.popleft())
+
+
+@implements(proc=DelayLine, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyDelayLineFloat(_PyDelayLine):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    _dtype = np.float64
+
+
+@implements(proc=DelayLine, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyDelayLineFixed(_PyDelayLine):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    _dtype = np.int32

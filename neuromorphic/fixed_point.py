@@ -1,0 +1,92 @@
+"""Fixed-point (Loihi 2 style) quantisation of a spiking graph for Lava's ``fixed_pt`` models.
+
+Units.  Every current travels as an integer in *state units*: a float current ``I`` becomes
+``round(lam * I)`` with ``lam = 2**state_shift`` (default 2^8).  The bit-accurate LIF then
+integrates ``v += a_in << 6`` plus its bias and fires when ``v > vth << 6``, so
+
+* threshold:  ``vth = round(lam * theta * threshold_scale)``  (17-bit);
+* neuron bias: ``bias_mant << bias_exp = round(64 * lam * b)``, 13-bit mantissa, 3-bit exponent;
+* conv weights: 8-bit mantissa with a shared exponent per conv, ``w = mant * 2**exp``
+  (``exp`` may be negative: the sum is then shifted right with rounding).  A conv on spikes
+  carries ``lam * W`` (a spike is 1); a conv on graded currents (already in state units, e.g.
+  a 1x1 shortcut on a residual stream or the first conv on the image) carries ``W``;
+* decays: ``du = 4095`` (the synaptic current does not persist), ``dv = round(4096 * (1 - decay))``.
+
+The state is 24-bit in the LIF and the LIF's synaptic input port is 16-bit, which bounds the
+current to about ``2**15 / lam`` (128 at the default): the plan checks the graph's largest
+possible weight sum and warns through ``self.warnings`` when the bound can be exceeded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sdm.export.ir import Conv, IFNeurons, SNNGraph, Upsample
+
+WEIGHT_BITS = 8  # mantissa magnitude < 2**8 (Loihi 2: 8-bit weights with sign, plus exponent)
+BIAS_MANT_MAX = 4095  # 13-bit signed
+BIAS_EXP_MAX = 7
+VTH_MAX = 2 ** 17 - 1
+ACT_SHIFT = 6
+
+
+def mantissa_exponent(m: np.ndarray, bits: int = WEIGHT_BITS) -> tuple[np.ndarray, int]:
+    """``m ~ mant * 2**exp`` with ``|mant| <= 2**bits - 1`` and the smallest such ``exp``."""
+    peak = float(np.max(np.abs(m))) if m.size else 0.0
+    if peak == 0.0:
+        return np.zeros(m.shape, dtype=np.int64), 0
+    exp = math.ceil(math.log2(peak / (2 ** bits - 1)))
+    mant = np.round(m / 2.0 ** exp).astype(np.int64)
+    return np.clip(mant, -(2 ** bits - 1), 2 ** bits - 1), exp
+
+
+class FixedPointPlan:
+    def __init__(self, graph: SNNGraph, state_shift: int = 8):
+        self.graph = graph
+        self.lam = float(2 ** state_shift)
+        self.conv_mant: dict[str, np.ndarray] = {}
+        self.conv_exp: dict[str, int] = {}
+        self.warnings: list[str] = []
+        for name, node in graph.nodes.items():
+            if isinstance(node, Conv):
+                src = graph.nodes[graph.predecessors(name)[0]]
+                spiking = isinstance(src, (IFNeurons, Upsample))
+                mant, exp = mantissa_exponent(node.weight * (self.lam if spiking else 1.0))
+                self.conv_mant[name], self.conv_exp[name] = mant, exp
+                if spiking:
+                    worst = float(np.abs(mant).sum(axis=(1, 2, 3)).max()) * 2.0 ** exp
+                    if worst >= 2 ** 15:
+                        self.warnings.append(f"{name}: worst-case input sum {worst:.0f} exceeds the 16-bit LIF input")
+
+    # ----- parameters -------------------------------------------------------------------------
+    def current(self, x: np.ndarray) -> np.ndarray:
+        """Float currents -> integer state units."""
+        return np.round(np.asarray(x, dtype=np.float64) * self.lam).astype(np.int64)
+
+    def threshold(self, theta: float) -> int:
+        vth = int(round(theta * self.lam))
+        if not 0 < vth <= VTH_MAX:
+            raise ValueError(f"threshold {theta} does not fit 17 bits at scale {self.lam}")
+        return vth
+
+    @staticmethod
+    def decays(decay: float) -> tuple[int, int]:
+        return 4095, int(round(4096 * (1.0 - decay)))
+
+    def neuron_bias(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float bias current -> (13-bit mantissa, exponent) arrays, ``mant << exp ~ 64 * lam * b``."""
+        v = np.asarray(b, dtype=np.float64) * self.lam * (1 << ACT_SHIFT)
+        exp = np.zeros(v.shape, dtype=np.int64)
+        big = np.abs(v) > BIAS_MANT_MAX
+        if np.any(big):
+            exp[big] = np.minimum(np.ceil(np.log2(np.abs(v[big]) / BIAS_MANT_MAX)), BIAS_EXP_MAX)
+        mant = np.clip(np.round(v / 2.0 ** exp), -BIAS_MANT_MAX - 1, BIAS_MANT_MAX).astype(np.int64)
+        return mant, exp
+
+    def quantize_input(self, data: np.ndarray) -> np.ndarray:
+        return self.current(data)
+
+    def dequantize_output(self, rec: np.ndarray) -> np.ndarray:
+        return np.asarray(rec, dtype=np.float64) / self.lam

@@ -12,12 +12,14 @@ layer's window, so a call on ``B`` images takes ``B*T + depth`` steps (rounded u
 multiple of ``B*T`` so that every phase repeats identically from call to call).
 
 Constants: conv biases are attached to the node the conv feeds (the neuron's ``bias_mant``,
-a junction's ``bias``, a TSM gain's input bias); time-embedding currents become neuron
-biases, set before every call.
+a junction's ``bias``, a TSM gain's input bias).  The time embedding enters as one graded
+input vector ``swish(temb(t))`` (a RingBuffer set once per call) feeding every block's
+projection through a :class:`ChannelDense` synapse; the projections' biases are neuron biases.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,11 +69,11 @@ class LavaGraph:
     """The built processes and what the runner needs to drive them."""
 
     procs: dict
-    source: object
-    output: object  # AnalogJunction recording the graph output
+    probes: dict  # IR name -> (window, W, H, C) memory map written by the process
+    source: object  # RingBuffer of the image, (W, H, C, B*T)
+    temb_source: object  # RingBuffer of swish(temb), (tdim, 1), or None
+    output: str  # IR name of the junction whose probe holds the graph output
     neurons: dict  # IR neuron name -> RecordingLIFReset
-    static_bias: dict  # IR neuron name -> (W, H, C) constant bias
-    temb_of: dict  # IR neuron name -> list of temb input names
     depth: dict
     run_length: int
     window: int
@@ -84,16 +86,27 @@ class LavaGraph:
         return len(self.procs) + len(self.delays)
 
 
-def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
+def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes: bool = True,
           threshold_scale: float = 1.0, plan=None) -> LavaGraph:
     """Create (not yet compile) the Lava processes of ``graph``.
+
+    Probe files (``.npy`` memory maps) for the output and, with ``record_spikes``, for every
+    neuron group's window spikes are created in ``probe_dir``.
 
     With a :class:`~sdm.neuromorphic.fixed_point.FixedPointPlan` the parameters are integers
     for Lava's ``fixed_pt`` models; without one they are used as they are (``floating_pt``)."""
     from lava.proc.conv.process import Conv as LavaConv
     from lava.proc.io.source import RingBuffer
 
-    from .lava_models.processes import AnalogJunction, DelayLine, RecordingLIFReset, TemporalGain, UpsampleNearest
+    from .lava_models.processes import (AnalogJunction, ChannelDense, DelayLine, RecordingLIFReset, TemporalGain,
+                                        UpsampleNearest)
+
+    probes: dict[str, np.ndarray] = {}
+
+    def probe(name: str, shape) -> str:
+        path = os.path.join(probe_dir, f"{len(probes):04d}.npy")
+        probes[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(window, *shape))
+        return path
 
     cur = plan.current if plan is not None else (lambda a: np.asarray(a, dtype=float))
 
@@ -116,9 +129,13 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
                 raise LavaBuildError(f"{src} -> {dst}: a conv feeding a conv or upsample is not supported")
             b = np.broadcast_to(node.bias.reshape(-1, 1, 1), shape)
             bias[dst] = bias.get(dst, 0) + b
+        elif _is_temb(node):
+            _, b_proj = graph.host.temb_proj[node.block]
+            bias[dst] = bias.get(dst, 0) + np.broadcast_to(b_proj.reshape(-1, 1, 1), graph.nodes[dst].shape)
 
-    procs, neurons, static_bias, temb_of = {}, {}, {}, {}
-    source = None
+    procs, neurons = {}, {}
+    source = temb_source = None
+    dtype = float if plan is None else int
     for name in graph.topological_order():
         node = graph.nodes[name]
         shape = chw_shape(node.shape)
@@ -126,7 +143,14 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
             if node.kind == "image":
                 if source is not None:
                     raise LavaBuildError(f"{name}: only one image input is supported")
-                source = procs[name] = RingBuffer(data=np.zeros((*shape, window), dtype=float if plan is None else int))
+                source = procs[name] = RingBuffer(data=np.zeros((*shape, window), dtype=dtype))
+                continue
+            w_proj, _ = graph.host.temb_proj[node.block]
+            if temb_source is None:
+                temb_source = RingBuffer(data=np.zeros((w_proj.shape[1], 1), dtype=dtype))
+            w, exp = (w_proj, 0) if plan is None else plan.graded_weight(w_proj)
+            procs[name] = ChannelDense(weight=w, weight_exp=exp, out_shape=shape, name=name)
+            temb_source.s_out.connect(procs[name].s_in)
             continue
         if isinstance(node, Conv):
             w, exp = (node.weight, 0) if plan is None else (plan.conv_mant[name], plan.conv_exp[name])
@@ -138,24 +162,24 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
             th = node.threshold
             if not np.all(th == th.flat[0]):
                 raise LavaBuildError(f"{name}: per-neuron thresholds are not supported (Lava LIF has one vth)")
-            static_bias[name] = whc(bias.get(name, np.zeros(node.shape)))
-            temb_of[name] = [p for p in graph.predecessors(name) if _is_temb(graph.nodes[p])]
+            b = whc(bias.get(name, np.zeros(node.shape)))
             if plan is None:
                 du, dv, vth = 1.0, 1.0 - node.decay, float(th.flat[0]) * threshold_scale
-                bias_mant, bias_exp = static_bias[name].copy(), 0
+                bias_mant, bias_exp = b, 0
             else:
                 (du, dv), vth = plan.decays(node.decay), plan.threshold(float(th.flat[0]) * threshold_scale)
-                bias_mant, bias_exp = plan.neuron_bias(static_bias[name])
+                bias_mant, bias_exp = plan.neuron_bias(b)
             neurons[name] = procs[name] = RecordingLIFReset(
                 shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=bias_exp,
                 reset_interval=T, reset_offset=(d[name] + 1) % T,
-                window_start=d[name], window=window, run_length=run_length, record_spikes=record_spikes,
+                window_start=d[name], window=window, run_length=run_length,
+                probe=probe(name, shape) if record_spikes else "",
                 name=name)
         elif isinstance(node, Junction):
             rec = name == out_src[0]
             procs[name] = AnalogJunction(shape=shape, bias=cur(whc(bias.get(name, np.zeros(node.shape)))),
                                          window_start=d[name] if rec else 0, window=window if rec else 0,
-                                         run_length=run_length, name=name)
+                                         run_length=run_length, probe=probe(name, shape) if rec else "", name=name)
         elif isinstance(node, TemporalAffine):
             if len(node.gain) != T:
                 raise LavaBuildError(f"{name}: TSM gain has {len(node.gain)} steps, the graph runs {T}")
@@ -174,7 +198,10 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
 
     delays = []
     for src, dst in graph.edges:
-        if _is_temb(graph.nodes[src]) or isinstance(graph.nodes[dst], Output):
+        if isinstance(graph.nodes[dst], Output):
+            continue
+        if _is_temb(graph.nodes[src]):  # constant over the call: no alignment needed
+            procs[src].a_out.connect(procs[dst].a_in)
             continue
         out_port = procs[src].s_out if isinstance(graph.nodes[src], (IFNeurons, AnalogInput)) else procs[src].a_out
         in_port = procs[dst].s_in if isinstance(graph.nodes[dst], Conv) else procs[dst].a_in
@@ -187,6 +214,8 @@ def build(graph: SNNGraph, T: int, batch: int = 1, record_spikes: bool = False,
             out_port = line.a_out
             delays.append(line)
         out_port.connect(in_port)
-    return LavaGraph(procs=procs, source=source, output=procs[out_src[0]], neurons=neurons,
-                     static_bias=static_bias, temb_of=temb_of, depth=d, run_length=run_length,
-                     window=window, batch=batch, T=T, delays=delays)
+    if temb_source is not None:
+        procs["temb"] = temb_source
+    return LavaGraph(procs=procs, probes=probes, source=source, temb_source=temb_source, output=out_src[0],
+                     neurons=neurons, depth=d, run_length=run_length, window=window, batch=batch, T=T,
+                     delays=delays)

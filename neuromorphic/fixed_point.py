@@ -60,6 +60,10 @@ class FixedPointPlan:
                     if worst >= 2 ** 15:
                         self.warnings.append(f"{name}: worst-case input sum {worst:.0f} exceeds the 16-bit LIF input")
 
+    def graded_weight(self, w: np.ndarray) -> tuple[np.ndarray, int]:
+        """Weights applied to graded inputs already in state units (mantissa, exponent)."""
+        return mantissa_exponent(np.asarray(w, dtype=np.float64))
+
     # ----- parameters -------------------------------------------------------------------------
     def current(self, x: np.ndarray) -> np.ndarray:
         """Float currents -> integer state units."""

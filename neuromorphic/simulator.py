@@ -11,6 +11,7 @@ on Ctrl-C and at interpreter exit.
 from __future__ import annotations
 
 import atexit
+import tempfile
 import time
 import weakref
 
@@ -33,7 +34,7 @@ def _close_all():
 
 
 class LavaDenoiser:
-    def __init__(self, graph: SNNGraph, batch: int = 1, mode: str = "floating_pt", record_spikes: bool = False,
+    def __init__(self, graph: SNNGraph, batch: int = 1, mode: str = "floating_pt", record_spikes: bool = True,
                  threshold_scale: float = 1.0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -51,7 +52,8 @@ class LavaDenoiser:
         self.host = GraphDenoiser(graph, dtype=torch.float64)
         self.host.threshold_scale = threshold_scale
         self.T = graph.host.T
-        self.net: LavaGraph = build(graph, self.T, batch=batch, record_spikes=record_spikes,
+        self._probe_dir = tempfile.TemporaryDirectory(prefix="sdm-lava-")
+        self.net: LavaGraph = build(graph, self.T, self._probe_dir.name, batch=batch, record_spikes=record_spikes,
                                     threshold_scale=threshold_scale, plan=self.plan)
         self.record_spikes = record_spikes
         self.compiled = False
@@ -88,6 +90,8 @@ class LavaDenoiser:
                 self.net.source.stop()
             except Exception:  # the runtime may already be down after an error; nothing left to stop
                 pass
+        self.net.probes.clear()
+        self._probe_dir.cleanup()
 
     def __enter__(self):
         return self
@@ -108,22 +112,15 @@ class LavaDenoiser:
             raise ValueError(f"this simulator was built for batches of {B}, got {x.shape[0]}")
         if not torch.all(t == t[0]):
             raise ValueError("all images of a pipelined batch must be at the same diffusion step t")
-        inputs = self.host.denoiser_inputs(x, t)
         image = x.numpy()
         data = np.repeat(np.stack([whc(img) for img in image], axis=-1), T, axis=-1)  # (W, H, C, B*T)
         if self.plan is not None:
             data = self.plan.quantize_input(data)
         self.net.source.data.set(data)
-        for name, proc in self.net.neurons.items():
-            b = self.net.static_bias[name]
-            for temb in self.net.temb_of[name]:
-                b = b + whc(inputs[temb][0].numpy())
-            if self.plan is None:
-                proc.bias_mant.set(b)
-            else:
-                mant, exp = self.plan.neuron_bias(b)
-                proc.bias_mant.set(mant)
-                proc.bias_exp.set(exp)
+        if self.net.temb_source is not None:
+            with torch.no_grad():
+                graded = torch.nn.functional.silu(self.host.time_embedding(t[:1]))[0].numpy()[:, None]
+            self.net.temb_source.data.set(graded if self.plan is None else self.plan.current(graded))
 
     def run_graph(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Per-step graph output ``[T, B, C, H, W]`` from Lava."""
@@ -141,7 +138,7 @@ class LavaDenoiser:
             self.timing["set_inputs"] += t1 - t0
             self.timing["run"] += time.perf_counter() - t1
         t0 = time.perf_counter()
-        rec = self.net.output.record.get()  # (B*T, W, H, C)
+        rec = np.array(self.net.probes[self.net.output])  # (B*T, W, H, C)
         if self.plan is not None:
             rec = self.plan.dequantize_output(rec)
         self._collect_records()
@@ -163,12 +160,15 @@ class LavaDenoiser:
             raise
 
     def _collect_records(self):
-        self.last_counts = {n: p.counts.get().reshape(self.batch, self.T) for n, p in self.net.neurons.items()}
-        if self.record_spikes:  # (B*T, W, H, C) -> [T, B, C, H, W]
-            self.last_spikes = {}
-            for n, p in self.net.neurons.items():
-                s = p.spikes.get().transpose(0, 3, 2, 1)
-                self.last_spikes[n] = s.reshape(self.batch, self.T, *s.shape[1:]).transpose(1, 0, 2, 3, 4)
+        """Spikes ``[T, B, C, H, W]`` and counts ``[B, T]`` of every neuron group for the last call."""
+        if not self.record_spikes:
+            return
+        self.last_spikes, self.last_counts = {}, {}
+        for n in self.net.neurons:
+            s = np.array(self.net.probes[n]).transpose(0, 3, 2, 1)  # (B*T, C, H, W)
+            s = s.reshape(self.batch, self.T, *s.shape[1:])
+            self.last_counts[n] = s.reshape(self.batch, self.T, -1).sum(axis=2).astype(np.int64)
+            self.last_spikes[n] = s.transpose(1, 0, 2, 3, 4)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         try:

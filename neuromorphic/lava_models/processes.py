@@ -33,23 +33,29 @@ from lava.proc.lif.models import AbstractPyLifModelFixed, AbstractPyLifModelFloa
 from lava.proc.lif.process import LIFReset
 
 
+def open_probe(path: str) -> np.ndarray:
+    """A probe file made by the host with ``np.lib.format.open_memmap``, opened for writing.
+
+    Probes bypass Lava's Var.get, which moves large arrays in many small messages (seconds per
+    call for a UNet's spikes); a blocking ``run`` returns only after every process model has
+    finished its steps, so the host reads complete records."""
+    return np.load(path, mmap_mode="r+")
+
+
 class RecordingLIFReset(LIFReset):
-    """``LIFReset`` that also records, for the current run, its spike count per window step
-    (``counts``, shape ``(window,)``) and optionally every spike (``spikes``, ``(window, W, H, C)``).
+    """``LIFReset`` that also records, for the current run, each spike of its window
+    (``record="spikes"``: a ``(window, W, H, C)`` probe file at ``probe``), or nothing.
 
     The window of a run starts at local step ``window_start`` (the layer's depth) and lasts
     ``window`` steps; ``run_length`` is the number of Lava steps of one run.
     """
 
-    def __init__(self, *, window_start: int, window: int, run_length: int, record_spikes: bool, **kwargs):
+    def __init__(self, *, window_start: int, window: int, run_length: int, probe: str = "", **kwargs):
         super().__init__(**kwargs)
-        shape = kwargs["shape"]
         self.proc_params["window_start"] = window_start
         self.proc_params["window"] = window
         self.proc_params["run_length"] = run_length
-        self.counts = Var(shape=(window,), init=np.zeros(window))
-        self.spikes = Var(shape=(window, *shape) if record_spikes else (1,),
-                          init=np.zeros((window, *shape) if record_spikes else (1,)))
+        self.proc_params["probe"] = probe
 
 
 class _RecordingMixin:
@@ -63,16 +69,17 @@ class _RecordingMixin:
         self.window_start = proc_params["window_start"]
         self.window = proc_params["window"]
         self.run_length = proc_params["run_length"]
+        self.probe = open_probe(proc_params["probe"]) if proc_params["probe"] else None
 
     def _before_dynamics(self):
         pass
 
     def _record(self, s_out):
+        if self.probe is None:
+            return
         i = (self.time_step - 1) % self.run_length - self.window_start
         if 0 <= i < self.window:
-            self.counts[i] = np.count_nonzero(s_out)
-            if self.spikes.shape[0] == self.window:
-                self.spikes[i] = s_out
+            self.probe[i] = s_out
 
     def run_spk(self):
         a_in = self.a_in.recv()
@@ -93,8 +100,6 @@ class _RecordingMixin:
 class PyRecordingLIFResetFloat(_RecordingMixin, AbstractPyLifModelFloat):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     vth: float = LavaPyType(float, float)
-    counts: np.ndarray = LavaPyType(np.ndarray, float)
-    spikes: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -112,8 +117,6 @@ class PyRecordingLIFResetFixed(_RecordingMixin, AbstractPyLifModelFixed):
 
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     vth: int = LavaPyType(int, np.int32, precision=17)
-    counts: np.ndarray = LavaPyType(np.ndarray, float)
-    spikes: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -145,22 +148,23 @@ class _Relay(AbstractProcess):
 class AnalogJunction(_Relay):
     """``y = sum of inputs + bias``: a residual stream (float current) with its constant part.
 
-    With ``window > 0`` it also records its output over the run's window (``record``)."""
+    With a ``probe`` file it also records its output over the run's window (the graph output)."""
 
-    def __init__(self, *, shape, bias=None, window_start=0, window=0, run_length=1, **kwargs):
-        super().__init__(shape=shape, window_start=window_start, window=window, run_length=run_length, **kwargs)
+    def __init__(self, *, shape, bias=None, window_start=0, window=0, run_length=1, probe="", **kwargs):
+        super().__init__(shape=shape, window_start=window_start, window=window, run_length=run_length,
+                         probe=probe, **kwargs)
         self.bias = Var(shape=shape, init=np.zeros(shape) if bias is None else bias)
-        self.record = Var(shape=(window, *shape) if window else (1,), init=np.zeros((window, *shape) if window else 1))
 
 
 class _PyAnalogJunction(PyLoihiProcessModel):
     def run_spk(self):
         y = self.a_in.recv() + self.bias
-        window = self.proc_params["window"]
-        if window:
+        if self.proc_params["probe"]:
+            if not hasattr(self, "_probe"):
+                self._probe = open_probe(self.proc_params["probe"])
             i = (self.time_step - 1) % self.proc_params["run_length"] - self.proc_params["window_start"]
-            if 0 <= i < window:
-                self.record[i] = y
+            if 0 <= i < self.proc_params["window"]:
+                self._probe[i] = y
         self.a_out.send(y)
 
 
@@ -171,7 +175,6 @@ class PyAnalogJunctionFloat(_PyAnalogJunction):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     bias: np.ndarray = LavaPyType(np.ndarray, float)
-    record: np.ndarray = LavaPyType(np.ndarray, float)
 
 
 @implements(proc=AnalogJunction, protocol=LoihiProtocol)
@@ -181,7 +184,6 @@ class PyAnalogJunctionFixed(_PyAnalogJunction):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    record: np.ndarray = LavaPyType(np.ndarray, float)
 
 
 class TemporalGain(_Relay):
@@ -294,3 +296,61 @@ class PyDelayLineFixed(_PyDelayLine):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     _dtype = np.int32
+
+
+# ----- time-embedding synapse ----------------------------------------------------------------
+class ChannelDense(AbstractProcess):
+    """Dense synapse whose output is one value per channel, repeated over all (W, H) positions:
+    ``a_out[w, h, c] = sum_k weight[c, k] * s_in[k]``, one step of latency like Lava's Dense.
+
+    It carries a block's time-embedding projection (graded input ``swish(temb)``) to every
+    neuron of a channel; on Loihi 2 this is a Dense layer whose weights are shared by the
+    neurons of a channel."""
+
+    def __init__(self, *, weight, out_shape, weight_exp: int = 0, **kwargs):
+        super().__init__(out_shape=out_shape, **kwargs)
+        self.s_in = InPort(shape=(weight.shape[1],))
+        self.a_out = OutPort(shape=out_shape)
+        self.weight = Var(shape=weight.shape, init=weight)
+        self.weight_exp = Var(shape=(1,), init=weight_exp)
+
+
+class _PyChannelDense(PyLoihiProcessModel):
+    def run_spk(self):
+        if not hasattr(self, "_buf"):
+            self._buf = np.zeros(self.a_out.shape, dtype=self._dtype)
+        self.a_out.send(self._buf)
+        y = self.weight.astype(self._dtype) @ self.s_in.recv().astype(self._dtype)
+        self._buf = np.broadcast_to(self.scale(y), self.a_out.shape).copy()
+
+    def scale(self, y):
+        return y
+
+
+@implements(proc=ChannelDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyChannelDenseFloat(_PyChannelDense):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    weight: np.ndarray = LavaPyType(np.ndarray, float)
+    weight_exp: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    _dtype = np.float64
+
+
+@implements(proc=ChannelDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyChannelDenseFixed(_PyChannelDense):
+    """Integer weights (mantissa) times graded input, scaled by ``2**weight_exp`` with rounding."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=9)
+    weight_exp: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    _dtype = np.int64
+
+    def scale(self, y):
+        e = int(self.weight_exp[0])
+        y = y << e if e >= 0 else (y + (1 << (-e - 1))) >> -e
+        return np.clip(y, -(2 ** 23), 2 ** 23 - 1).astype(np.int32)

@@ -33,25 +33,23 @@ def _close_all():
         sim.close()
 
 
-class LavaDenoiser:
-    def __init__(self, graph: SNNGraph, batch: int = 1, mode: str = "floating_pt", record_spikes: bool = True,
-                 threshold_scale: float = 1.0):
+class LavaNetwork:
+    """A spiking graph compiled to Lava: ``run_graph(x)`` gives the per-step output ``[T, B, C, H, W]``
+    for images ``x [B, C, H, W]`` (and the time embedding ``temb`` when the graph has one)."""
+
+    def __init__(self, graph: SNNGraph, T: int, batch: int = 1, mode: str = "floating_pt",
+                 record_spikes: bool = True, threshold_scale: float = 1.0, plan=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if graph.host is None:
-            raise ValueError("the graph has no host-side parameters: not a denoiser")
-        if mode == "fixed_pt":
+        if mode == "fixed_pt" and plan is None:
             from .fixed_point import FixedPointPlan
 
-            self.plan = FixedPointPlan(graph)
-        else:
-            self.plan = None
+            plan = FixedPointPlan(graph)
+        self.plan = plan if mode == "fixed_pt" else None
         self.graph = graph
         self.mode = mode
         self.batch = batch
-        self.host = GraphDenoiser(graph, dtype=torch.float64)
-        self.host.threshold_scale = threshold_scale
-        self.T = graph.host.T
+        self.T = T
         self._probe_dir = tempfile.TemporaryDirectory(prefix="sdm-lava-")
         self.net: LavaGraph = build(graph, self.T, self._probe_dir.name, batch=batch, record_spikes=record_spikes,
                                     threshold_scale=threshold_scale, plan=self.plan)
@@ -105,34 +103,32 @@ class LavaDenoiser:
     def num_processes(self) -> int:
         return self.net.num_processes
 
-    def set_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
+    def set_inputs(self, x: torch.Tensor, temb: np.ndarray | None = None) -> None:
+        """Image batch ``x [B, C, H, W]``; ``temb``: the graded time-embedding vector ``swish(temb(t))``."""
         x = x.to(torch.float64)
         B, T = self.batch, self.T
-        if x.shape[0] != B:
-            raise ValueError(f"this simulator was built for batches of {B}, got {x.shape[0]}")
-        if not torch.all(t == t[0]):
-            raise ValueError("all images of a pipelined batch must be at the same diffusion step t")
+        if x.dim() != 4 or x.shape[0] != B:
+            raise ValueError(f"this simulator was built for batches of {B} images, got shape {list(x.shape)}")
         image = x.numpy()
         data = np.repeat(np.stack([whc(img) for img in image], axis=-1), T, axis=-1)  # (W, H, C, B*T)
         if self.plan is not None:
             data = self.plan.quantize_input(data)
         self.net.source.data.set(data)
         if self.net.temb_source is not None:
-            with torch.no_grad():
-                graded = torch.nn.functional.silu(self.host.time_embedding(t[:1]))[0].numpy()[:, None]
+            graded = np.asarray(temb, dtype=np.float64).reshape(-1, 1)
             self.net.temb_source.data.set(graded if self.plan is None else self.plan.current(graded))
 
-    def run_graph(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def run_graph(self, x: torch.Tensor, temb: np.ndarray | None = None) -> torch.Tensor:
         """Per-step graph output ``[T, B, C, H, W]`` from Lava."""
         if self.closed:
             raise RuntimeError("this Lava simulator is closed")
         if not self.compiled:
             t0 = time.perf_counter()
-            self._run_first(x, t)
+            self._run_first(x, temb)
             self.compile_seconds = time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
-            self.set_inputs(x, t)
+            self.set_inputs(x, temb)
             t1 = time.perf_counter()
             self._run()
             self.timing["set_inputs"] += t1 - t0
@@ -146,13 +142,13 @@ class LavaDenoiser:
         out = torch.from_numpy(rec.transpose(0, 3, 2, 1).copy())  # (B*T, C, H, W)
         return out.view(self.batch, self.T, *out.shape[1:]).transpose(0, 1)
 
-    def _run_first(self, x, t):
+    def _run_first(self, x, temb):
         # Lava compiles on the first run; Vars can only be set once the runtime exists,
         # so the first call runs once to build, then again with the real inputs.
         try:
             self._run()
             self.compiled = True
-            self.set_inputs(x, t)
+            self.set_inputs(x, temb)
             self._run()
         except BaseException:
             self.compiled = True
@@ -170,9 +166,27 @@ class LavaDenoiser:
             self.last_counts[n] = s.reshape(self.batch, self.T, -1).sum(axis=2).astype(np.int64)
             self.last_spikes[n] = s.transpose(1, 0, 2, 3, 4)
 
+
+
+class LavaDenoiser(LavaNetwork):
+    """``eps = f(x_t, t)`` with the spiking graph in Lava and the host-side parts in PyTorch."""
+
+    def __init__(self, graph: SNNGraph, batch: int = 1, mode: str = "floating_pt", record_spikes: bool = True,
+                 threshold_scale: float = 1.0):
+        if graph.host is None:
+            raise ValueError("the graph has no host-side parameters: not a denoiser")
+        self.host = GraphDenoiser(graph, dtype=torch.float64)
+        self.host.threshold_scale = threshold_scale
+        super().__init__(graph, graph.host.T, batch=batch, mode=mode, record_spikes=record_spikes,
+                         threshold_scale=threshold_scale)
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         try:
-            h = self.run_graph(x, t)
+            if not torch.all(t == t[0]):
+                raise ValueError("all images of a pipelined batch must be at the same diffusion step t")
+            with torch.no_grad():
+                temb = torch.nn.functional.silu(self.host.time_embedding(t[:1]))[0].numpy()
+            h = self.run_graph(x, temb)
         except BaseException:
             self.close()
             raise

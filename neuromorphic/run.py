@@ -64,7 +64,7 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     counts = {k: [] for k in neuron_names}
     per_neuron = {k: [] for k in neuron_names}
     mismatch = {k: [] for k in neuron_names}
-    eps_err, call_seconds = [], []
+    eps_err, call_seconds, inputs = [], [], []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with LavaDenoiser(graph, batch=n, mode=mode, record_spikes=True, threshold_scale=threshold_scale) as sim:
@@ -72,6 +72,7 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
         for i, t in enumerate(bar):
             s = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((n,), t, dtype=torch.long)
+            inputs.append(x.numpy().copy())
             t0 = time.perf_counter()
             eps = sim(x, tt)
             call_seconds.append(time.perf_counter() - t0)
@@ -99,7 +100,8 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     x, x_ref = x.clamp(-1, 1), x_ref.clamp(-1, 1)
     save_grid(x, out_dir / "samples.png", scale=4)
     save_grid(x_ref, out_dir / "reference.png", scale=4)
-    _write_spikes(out_dir / "spikes.h5", graph, nir_path, ts, counts, per_neuron, mismatch, mode, n, sampler)
+    _write_spikes(out_dir / "spikes.h5", graph, nir_path, ts, counts, per_neuron, mismatch, mode, n, sampler,
+                  np.stack(inputs))
     total_steps = {k: int(np.prod(graph.nodes[k].shape)) * graph.host.T * n for k in neuron_names}
     report = {
         "nir": str(nir_path), "mode": mode, "sampler": sampler, "denoise_steps": denoise_steps, "images": n,
@@ -118,12 +120,16 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     return report
 
 
-def _write_spikes(path, graph, nir_path, ts, counts, per_neuron, mismatch, mode, n, sampler):
+def _write_spikes(path, graph, nir_path, ts, counts, per_neuron, mismatch, mode, n, sampler, inputs):
+    from sdm.energy.rates import graph_fingerprint
+
     def write(tmp):
         with h5py.File(tmp, "w") as f:
             f.attrs.update({"format": SPIKES_FORMAT, "version": 1, "nir": str(nir_path), "mode": mode,
-                            "T": graph.host.T, "images": n, "sampler": sampler})
+                            "T": graph.host.T, "images": n, "sampler": sampler,
+                            "fingerprint": graph_fingerprint(graph)})
             f["timesteps"] = np.asarray(ts)
+            f.create_dataset("inputs", data=inputs, compression="gzip")  # x_t of every call [K, B, C, H, W]
             layers = f.create_group("layers")
             for k in counts:
                 g = layers.create_group(k)

@@ -257,6 +257,43 @@ def cmd_simulate(a):
     print(f"wrote {a.out}/samples.png, reference.png, spikes.h5, report.json")
 
 
+# ----- energy -----------------------------------------------------------------------------
+def add_energy(sub):
+    p = sub.add_parser("energy", help="per-layer energy report from real firing rates",
+                       description="Count synaptic operations (AC) and multiply-accumulates (MAC) per layer from "
+                                   "spikes measured on real denoising trajectories (PyTorch) or a Lava run (--sim).")
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("--denoise-steps", type=int, default=4, help="denoiser calls of the measured trajectory")
+    p.add_argument("-n", type=int, default=4, help="images in the measured trajectory")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="measure on training images noised to the same t instead of a trajectory")
+    p.add_argument("--sim", metavar="DIR", help="use the spike records of `sdm simulate --out DIR`")
+    p.add_argument("--preset", default="45nm-fp32", choices=["45nm-fp32", "45nm-fp16", "45nm-int8", "loihi"])
+    p.add_argument("--memory", action="store_true", help="add an estimate of weight memory reads")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--out", metavar="FILE", help="write the report here instead of standard output")
+    p.add_argument("--plot", metavar="PNG", help="per-layer energy bars with firing rates")
+    p.set_defaults(func=cmd_energy)
+
+
+def cmd_energy(a):
+    from sdm.energy.report import energy_report, format_csv, format_json, format_table, plot
+
+    rep = energy_report(a.model, denoise_steps=a.denoise_steps, n=a.n, seed=a.seed, sampler=a.sampler,
+                        preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory)
+    text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
+    if a.out:
+        from sdm.train.checkpoint import atomic_write
+
+        atomic_write(a.out, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {a.out}")
+    else:
+        print(text, end="")
+    if a.plot:
+        print(f"wrote {plot(rep, a.plot)}")
+
+
 def export_nir_main(argv: list[str] | None = None) -> int:
     """The stand-alone ``export-nir`` console script (same as ``sdm export-nir``)."""
     parser = argparse.ArgumentParser(prog="export-nir", description="Export MODEL.pt to a NIR graph (docs/nir-format.md).")
@@ -275,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(sub)
     add_import(sub)
     add_simulate(sub)
+    add_energy(sub)
     from sdm.demo import add_demo
 
     add_demo(sub)

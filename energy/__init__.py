@@ -1,0 +1,1 @@
+"""Per-layer energy reports from real firing rates (sdm energy)."""

@@ -73,9 +73,14 @@ def _spike_source(graph: SNNGraph, conv_name: str) -> tuple[str | None, Upsample
     return None, None
 
 
-def count_layers(graph: SNNGraph, spikes_per_call: dict[str, np.ndarray]) -> list[Row]:
-    """Rows for every layer, given each neuron group's mean spikes per neuron per call ``(C, H, W)``."""
-    T = graph.host.T if graph.host is not None else 1
+def count_layers(graph: SNNGraph, spikes_per_call: dict[str, np.ndarray], T: int | None = None) -> list[Row]:
+    """Rows for every layer, given each neuron group's mean spikes per neuron per call ``(C, H, W)``.
+
+    ``T`` defaults to the graph's spiking steps (needed for graphs without a host side)."""
+    if T is None:
+        if graph.host is None:
+            raise ValueError("give T for a graph without host-side parameters")
+        T = graph.host.T
     rows = []
     for name in graph.topological_order():
         node = graph.nodes[name]
@@ -148,7 +153,7 @@ def paper_formula_pj(rows: list[Row], preset: Preset) -> float:
 
 def ann_macs(graph: SNNGraph) -> float:
     """The same UNet as an ANN (ReLU/Swish instead of spikes, no T): every layer once, dense."""
-    rows = count_layers(graph, {n.name: np.zeros(n.shape) for n in graph.of_type(IFNeurons)})
+    rows = count_layers(graph, {n.name: np.zeros(n.shape) for n in graph.of_type(IFNeurons)}, T=1)
     return sum(r.dense_flops for r in rows if r.layer in ("conv", "host"))
 
 

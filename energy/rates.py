@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from sdm.export.ir import IFNeurons, SNNGraph
+from sdm.export.ir import Conv, IFNeurons, SNNGraph
 from sdm.train.neuron import IFNeuron
 from sdm.train.unet import SpikingUNet
 
@@ -39,14 +39,15 @@ class SpikeCounts:
 
 
 def graph_fingerprint(graph: SNNGraph) -> str:
-    """A hash of the spiking graph's structure and float32 weights (ties a spike record to its model)."""
+    """A hash of the graph's convs (names, shapes, float32 weights) and neuron groups, which tie a
+    spike record to its model; junctions are left out since NIR files elide some of them."""
     h = hashlib.sha256()
     for name in sorted(graph.nodes):
         node = graph.nodes[name]
-        h.update(f"{name}:{type(node).__name__}:{node.shape}".encode())
-        w = getattr(node, "weight", None)
-        if w is not None:
-            h.update(np.asarray(w, dtype=np.float32).tobytes())
+        if isinstance(node, (Conv, IFNeurons)):
+            h.update(f"{name}:{type(node).__name__}:{node.shape}".encode())
+        if isinstance(node, Conv):
+            h.update(np.asarray(node.weight, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -37,7 +37,7 @@ class TSMConv2d(nn.Conv2d):
 
     def forward_seq(self, x: torch.Tensor) -> torch.Tensor:
         T, B = x.shape[:2]
-        y = self.forward(x.flatten(0, 1))
+        y = self(x.flatten(0, 1))  # through __call__, so forward hooks (profilers, counters) see it
         y = y.view(T, B, *y.shape[1:])
         if self.tsm_gain is not None:
             y = y * self.tsm_gain.view(T, 1, 1, 1, 1).to(y.dtype)
@@ -48,7 +48,7 @@ class SeqBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d on ``[T, B, C, H, W]`` with statistics over T·B."""
 
     def forward_seq(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x.reshape(-1, *x.shape[2:])).view(x.shape)
+        return self(x.reshape(-1, *x.shape[2:])).view(x.shape)
 
 
 class MembraneReadout(nn.Module):

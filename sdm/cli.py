@@ -85,6 +85,11 @@ def cmd_train(a):
         if model_over or a.config:
             raise UserError("--resume takes the architecture from the checkpoint; drop --config and model options")
         out = a.out or str(Path(a.resume).parent)
+        if a.tsm and not a.out:
+            from sdm.train.checkpoint import load_checkpoint
+
+            if load_checkpoint(a.resume).get("stage", "base") != "tsm":
+                out = str(Path(a.resume).parent / "tsm")  # never overwrite the base model with its fine-tuning
         summary = train(out, resume=a.resume, tsm=a.tsm, overrides=overrides, device=a.device)
     else:
         if a.tsm:
@@ -98,6 +103,11 @@ def cmd_train(a):
             model_dict["img_ch"] = load_dataset(train_cfg.data, image_size=model_dict.get("img_size", 32)).channels
         model_cfg = UNetConfig.from_dict(model_dict)
         summary = train(a.out, model_cfg, train_cfg, ScheduleConfig(**d), device=a.device)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 writes and reports
+    if not summary["trained_steps"]:
+        print(f"nothing to do: the {summary['stage']} stage already reached step {summary['steps']}")
+        return
     hist = summary["history"]
     loss = f", loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}" if hist else ""
     print(f"wrote {summary['checkpoint']} ({summary['stage']} stage, step {summary['steps']}, "

@@ -270,6 +270,7 @@ def train(
         "checkpoint": str(ckpt_path),
         "stage": stage,
         "steps": end,
+        "trained_steps": max(0, end - start),
         "seconds": elapsed,
         "images_per_s": (end - start) * train_cfg.batch_size / elapsed if end > start else 0.0,
         "history": history,

@@ -1,0 +1,218 @@
+"""The ``sdm`` command line: help, one-line errors with exit code 2, training and sampling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdm.cli import main
+from sdm.train.checkpoint import load_checkpoint
+from sdm.train.sampling import sweep_paths
+
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
+SDM = Path(sys.executable).parent / "sdm"
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("SDM_DEBUG", raising=False)
+
+
+def fails(capsys, argv, *needles) -> str:
+    """Run ``sdm argv`` in-process; it must exit 2 with exactly one 'sdm ...: error:' line on stderr."""
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"sdm {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert str(n) in lines[0], (n, err)
+    return lines[0]
+
+
+# ----- help -----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["sample", "--help"]])
+def test_help(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: sdm")
+    if argv[0] == "train":
+        assert "--resume" in out and "--tsm" in out and "--ch-mult" in out
+    if argv[0] == "sample":
+        assert "--threshold-sweep" in out and "MODEL.pt" in out
+
+
+def test_console_script_help_and_error(tmp_path):
+    r = subprocess.run([str(SDM), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "train" in r.stdout and "sample" in r.stdout
+    missing = tmp_path / "missing.pt"
+    env = {k: v for k, v in os.environ.items() if k != "SDM_DEBUG"}
+    r = subprocess.run([str(SDM), "sample", str(missing), "--device", "cpu"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"sdm sample: error: {missing}: no such file"]
+    assert r.stdout == ""
+
+
+# ----- train: bad input -----------------------------------------------------------------
+def test_train_without_out(capsys):
+    fails(capsys, ["train", "--steps", "1"], "--out")
+
+
+def test_train_unknown_data_spec(capsys, tmp_path):
+    fails(capsys, ["train", "--data", "nosuch", "--out", str(tmp_path / "o")], "'nosuch'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_invalid_json_config(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"ch": 8,}\n')
+    fails(capsys, ["train", "--config", str(bad), "--out", str(tmp_path / "o")], bad, "not valid JSON")
+
+
+def test_train_resume_with_model_options(capsys, trained_ckpt, tmp_path):
+    fails(capsys, ["train", "--resume", str(trained_ckpt), "--out", str(tmp_path), "--ch", "16"], "--resume")
+
+
+def test_train_tsm_without_resume(capsys, tmp_path):
+    fails(capsys, ["train", "--tsm", "--out", str(tmp_path)], "--resume")
+
+
+def test_train_resume_of_malicious_file(capsys, tmp_path):
+    sentinel = tmp_path / "SENTINEL"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch '{sentinel}'",)
+
+    evil = tmp_path / "model.pt"
+    torch.save(Evil(), evil)
+    fails(capsys, ["train", "--resume", str(evil), "--steps", "1", "--device", "cpu"], evil)
+    assert not sentinel.exists()
+
+
+# ----- train: a real (tiny) run through the CLI -----------------------------------------
+def test_train_then_resume(capsys, tmp_path, tiny_model_flags):
+    out = tmp_path / "run"
+    args = ["train", "--data", "mnist-bundled", "--out", str(out), "--steps", "2", "--batch-size", "4",
+            "--lr", "1e-3", "--seed", "7", "--device", "cpu", *tiny_model_flags]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {out / 'model.pt'} (base stage, step 2" in stdout
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["step"] == 2
+    assert ckpt["model_config"]["img_ch"] == 1  # taken from the data set
+    assert (ckpt["model_config"]["ch"], ckpt["model_config"]["ch_mult"], ckpt["model_config"]["T"]) == (8, [1, 2], 2)
+    assert ckpt["train_config"]["lr"] == 1e-3 and ckpt["train_config"]["seed"] == 7
+
+    # --resume with a larger --steps continues the same run in the checkpoint's directory
+    assert main(["train", "--resume", str(out / "model.pt"), "--steps", "3", "--device", "cpu"]) == 0
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["step"] == 3 and ckpt["train_config"]["lr"] == 1e-3
+
+
+# ----- sample ---------------------------------------------------------------------------
+def test_sample_missing_file(capsys, tmp_path):
+    path = tmp_path / "nope.pt"
+    fails(capsys, ["sample", str(path), "--device", "cpu", "--out", str(tmp_path / "g.png")], path, "no such file")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_corrupt_file(capsys, trained_ckpt, tmp_path):
+    path = tmp_path / "model.pt"
+    data = trained_ckpt.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    fails(capsys, ["sample", str(path), "--device", "cpu", "--out", str(tmp_path / "g.png")], path)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_malicious_pickle(capsys, tmp_path):
+    sentinel = tmp_path / "SENTINEL"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch '{sentinel}'",)
+
+    path = tmp_path / "model.pt"
+    torch.save({"format": "sdm-checkpoint", "version": 1, "model_config": {}, "model": Evil()}, path)
+    fails(capsys, ["sample", str(path), "--device", "cpu", "--out", str(tmp_path / "g.png")], path, "unsafe")
+    assert not sentinel.exists()
+
+
+def test_sample_checkpoint_of_another_architecture(capsys, trained_ckpt, tmp_path):
+    ckpt = load_checkpoint(trained_ckpt)
+    ckpt["model_config"]["ch"] = 16  # weights no longer fit
+    path = tmp_path / "model.pt"
+    torch.save(ckpt, path)
+    fails(capsys, ["sample", str(path), "--device", "cpu", "--out", str(tmp_path / "g.png")], path,
+          "does not match")
+
+
+def _grid(path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.mode == "L"
+        return np.asarray(img)
+
+
+def test_sample_writes_png_grid(capsys, trained_ckpt, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(trained_ckpt), "-n", "4", "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    g = _grid(out)
+    # 2 x 2 grid of 16 px images with 2 px padding, enlarged 2x: (2 * (16 + 2) + 2) * 2 = 76
+    assert g.shape == (76, 76)
+    assert g.std() > 0  # not a blank image
+    assert sorted(os.listdir(tmp_path)) == ["grid.png"]
+
+    # same seed -> same grid; another seed -> another grid
+    again = tmp_path / "again.png"
+    assert main(["sample", str(trained_ckpt), "-n", "4", "--steps", "2", "--out", str(again), "--device", "cpu"]) == 0
+    assert np.array_equal(_grid(again), g)
+    other = tmp_path / "other.png"
+    assert main(["sample", str(trained_ckpt), "-n", "4", "--steps", "2", "--out", str(other), "--device", "cpu",
+                 "--seed", "1"]) == 0
+    assert not np.array_equal(_grid(other), g)
+
+
+def test_sample_threshold_sweep(capsys, trained_ckpt, tmp_path):
+    out = tmp_path / "grid.png"
+    scales = [0.997, 1.0, 1.003]
+    assert main(["sample", str(trained_ckpt), "-n", "4", "--steps", "2", "--out", str(out), "--device", "cpu",
+                 "--threshold-sweep", "0.997,1.0,1.003"]) == 0
+    expected = sweep_paths(out, scales)
+    assert [p.name for p in expected] == ["grid_th0.997.png", "grid_th1.png", "grid_th1.003.png"]
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in expected)  # and no plain grid.png
+    low, mid, high = (_grid(p) for p in expected)
+    assert low.shape == mid.shape == high.shape == (76, 76)
+    # Same starting noise for every scale, so any difference is the threshold's doing: a +-0.3 %
+    # threshold moves a few spikes of neurons whose membrane is within 0.3 % of theta, which the
+    # DDIM x0-prediction amplifies into visible pixels.
+    assert not np.array_equal(low, high)
+
+    # the 1.0 grid of the sweep is the plain grid
+    plain = tmp_path / "plain.png"
+    assert main(["sample", str(trained_ckpt), "-n", "4", "--steps", "2", "--out", str(plain), "--device", "cpu"]) == 0
+    assert np.array_equal(_grid(plain), mid)
+
+
+def test_sample_bad_options(capsys, trained_ckpt, tmp_path):
+    fails(capsys, ["sample", str(trained_ckpt), "-n", "0", "--device", "cpu"], "-n")
+    fails(capsys, ["sample", str(trained_ckpt), "--threshold-scale", "0", "-n", "1", "--steps", "1",
+                   "--device", "cpu", "--out", str(tmp_path / "g.png")], "threshold")
+    with pytest.raises(SystemExit) as info:
+        main(["sample", str(trained_ckpt), "--threshold-sweep", "0.9,abc"])
+    assert info.value.code == 2
+    assert "comma-separated numbers" in capsys.readouterr().err

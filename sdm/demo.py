@@ -1,7 +1,12 @@
 """``sdm demo``: the whole pipeline on the embedded default data set (bundled MNIST subset).
 
-Stages run in order and each prints what it produced; later stages (NIR export,
-Lava simulation, energy report) join as they are built.
+1. the model: the committed demo checkpoint ``models/demo.pt`` (trained by ``sdm train`` on
+   mnist-bundled; see README), or, with ``--train-steps N`` or when it is missing, a short
+   training run;
+2. a sample grid from PyTorch (DDIM);
+3. NIR export, read back and checked layer by layer;
+4. a few denoising steps in Lava (floating_pt), compared spike for spike with PyTorch;
+5. the per-layer energy report and plot.
 """
 
 from __future__ import annotations
@@ -9,18 +14,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "demo.pt"
 DEMO_MODEL = {"ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "T": 4, "img_size": 32, "img_ch": 1}
-DEMO_TRAIN = {"data": "mnist-bundled", "steps": 300, "batch_size": 32, "lr": 1e-3, "warmup": 20,
-              "ckpt_every": 100, "log_every": 10}
+DEMO_TRAIN = {"data": "mnist-bundled", "batch_size": 32, "lr": 1e-3, "warmup": 20, "ckpt_every": 100,
+              "log_every": 10}
 
 
 def add_demo(sub):
     p = sub.add_parser("demo", help="run the pipeline end to end on the bundled MNIST subset",
-                       description="Train a small spiking UNet briefly on the bundled MNIST subset and sample a grid.")
+                       description="Sample, export to NIR, simulate in Lava and report energy for the demo model.")
     p.add_argument("--out", default="demo_out", help="output directory")
-    p.add_argument("--steps", type=int, default=DEMO_TRAIN["steps"], help="training steps")
+    p.add_argument("--model", default=str(DEMO_CHECKPOINT), help="checkpoint to demonstrate")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="train a fresh small model for this many steps instead of using --model")
     p.add_argument("-n", type=int, default=36, help="samples in the grid")
-    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the grid")
+    p.add_argument("--lava-steps", type=int, default=2, help="denoising steps simulated in Lava (0: skip)")
+    p.add_argument("--ema", action="store_true",
+                   help="use the checkpoint's EMA weights (the committed demo model was trained before EMA "
+                        "warm-up existed, so its EMA still carries the random initialisation: off by default)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=run_demo)
 
@@ -28,24 +40,71 @@ def add_demo(sub):
 def run_demo(a) -> None:
     import torch
 
-    from sdm.train.diffusion import ScheduleConfig
     from sdm.train.sampling import generate, model_from_checkpoint, save_grid
-    from sdm.train.trainer import TrainConfig, train
-    from sdm.train.unet import UNetConfig
 
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    model_path = Path(a.model)
+    if a.train_steps or not model_path.exists():
+        from sdm.train.trainer import TrainConfig, train
+        from sdm.train.unet import UNetConfig
+
+        steps = a.train_steps or 300
+        print(f"[1/5] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
+        summary = train(out / "train", UNetConfig.from_dict(DEMO_MODEL),
+                        TrainConfig.from_dict({**DEMO_TRAIN, "steps": steps}), device="cpu")
+        model_path = Path(summary["checkpoint"])
+        hist = summary["history"]
+        print(f"      loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}, {summary['images_per_s']:.1f} img/s")
+    else:
+        print(f"[1/5] model: {model_path}")
+    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=a.ema)
+    cfg = model.cfg
+    print(f"      {cfg.img_size}x{cfg.img_size}x{cfg.img_ch}, ch {cfg.ch}, ch_mult {list(cfg.ch_mult)}, "
+          f"T={cfg.T}, trained {ckpt.get('step', '?')} steps on {ckpt.get('data', {}).get('spec', '?')}")
+
+    print(f"[2/5] sampling {a.n} images with DDIM ({a.sample_steps} steps) in PyTorch")
     t0 = time.perf_counter()
-    print(f"[1/2] training a small spiking UNet on mnist-bundled for {a.steps} steps (CPU)")
-    summary = train(out, UNetConfig.from_dict(DEMO_MODEL), TrainConfig.from_dict({**DEMO_TRAIN, "steps": a.steps}),
-                    ScheduleConfig(), device="cpu")
-    hist = summary["history"]
-    print(f"      loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}, {summary['images_per_s']:.1f} img/s, "
-          f"checkpoint {summary['checkpoint']}")
-    print(f"[2/2] sampling {a.n} images with DDIM ({a.sample_steps} steps)")
-    model, diffusion, _ = model_from_checkpoint(summary["checkpoint"])
     x = generate(model, diffusion, a.n, sampler="ddim", steps=a.sample_steps, seed=0)
-    grid = save_grid(x, out / "samples.png", scale=2)
-    print(f"      wrote {grid}")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/")
+    print(f"      wrote {save_grid(x, out / 'samples.png', scale=2)} ({time.perf_counter() - t0:.1f} s)")
+
+    print("[3/5] exporting to NIR and checking the import layer by layer")
+    from sdm.export.api import export_checkpoint, import_nir
+    from sdm.export.verify import compare
+
+    s = export_checkpoint(model_path, out / "demo.nir", dtype="float64", use_ema=a.ema)
+    den = import_nir(out / "demo.nir", dtype="float64")
+    g = torch.Generator().manual_seed(1)
+    xt = torch.randn(2, cfg.img_ch, cfg.img_size, cfg.img_size, generator=g, dtype=torch.float64)
+    r = compare(model.double(), den, xt, torch.tensor([100, 800]))
+    model.float()
+    print(f"      {s['path']}: {s['nodes']} nodes, {s['bytes'] / 1e6:.2f} MB, extensions "
+          f"{', '.join(s['extensions'])}; spikes differing from the checkpoint: {r['total_mismatches']}, "
+          f"max |eps| difference {r['eps_max_abs_err']:.1e}")
+
+    if a.lava_steps > 0:
+        print(f"[4/5] {a.lava_steps} denoising steps in Lava (floating_pt, CPU), each checked against PyTorch")
+        from sdm.neuromorphic.run import simulate
+
+        rep = simulate(out / "demo.nir", out / "lava", denoise_steps=a.lava_steps, n=1)
+        per_call = rep["seconds_per_call_after_first"]
+        print(f"      {rep['lava_processes']} Lava processes, {rep['lava_steps_per_call']} Lava steps per call, "
+              f"compile + first call {rep['compile_and_first_call_seconds']:.1f} s"
+              + (f", then {per_call:.1f} s per call" if per_call else ""))
+        print(f"      agreement with PyTorch: {rep['total_spike_mismatches']} spike mismatches, max eps error "
+              f"{max(rep['eps_max_abs_err_per_call']):.1e}, final image max error {rep['final_image_max_abs_err']:.1e}")
+    else:
+        print("[4/5] Lava simulation skipped (--lava-steps 0)")
+
+    print("[5/5] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
+    from sdm.energy.report import energy_report, format_table, plot
+
+    rep = energy_report(model_path, denoise_steps=4, n=4, use_ema=a.ema)
+    table = format_table(rep)
+    (out / "energy.txt").write_text(table)
+    print(table)
+    print(f"wrote {out / 'energy.txt'} and {plot(rep, out / 'energy.png')}")
+    print(f"demo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}/")

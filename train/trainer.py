@@ -114,6 +114,12 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(bm)
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA warm-up: ``min(decay, (1 + step) / (10 + step))``, so that the average is not
+    dominated by the random initial weights for the first ~1/(1 - decay) steps."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else cfg.lr
 
@@ -246,7 +252,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
         optimizer.step()
         if ema is not None:
-            ema_update(ema, model, train_cfg.ema_decay)
+            ema_update(ema, model, ema_decay_at(step, train_cfg.ema_decay))
         value = loss.detach().float()
         if dist_info.world_size > 1:
             dist.all_reduce(value)

@@ -10,11 +10,11 @@ THREADS ?= 2
 setup: $(STAMP)
 
 # Exact versions from the lock files; lava-dl goes in without its (stale) pins.
-$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.lock requirements-test.lock pyproject.toml
 	@test -x $(PY) || "$$(scripts/find-python310.sh)" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock -r requirements-test.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import torch, lava.magma, lava.lib.dl.netx, nir, nirtorch, norse, h5py; import sdm.train.unet"
 	@touch $(STAMP)
@@ -28,6 +28,8 @@ test: setup
 bench: setup
 	$(PY) -m pip install --quiet --no-deps -r requirements-bench.lock
 	OMP_NUM_THREADS=$(THREADS) $(PY) bench/train_throughput.py --threads $(THREADS)
+	OMP_NUM_THREADS=$(THREADS) $(PY) bench/export_nir.py
+	OMP_NUM_THREADS=$(THREADS) $(PY) bench/lava_step.py --threads $(THREADS)
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info

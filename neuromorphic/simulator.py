@@ -33,9 +33,42 @@ def _close_all():
         sim.close()
 
 
+def _alive(proc) -> bool:
+    try:
+        return proc.is_alive()
+    except ValueError:  # already joined and closed
+        return False
+
+
+def _force_stop(runtime) -> None:
+    """End a Lava runtime without its message protocol: terminate (then kill) every Lava process,
+    then shut down its shared-memory and watchdog managers."""
+    import multiprocessing as mp
+
+    if runtime is None:
+        return
+    infra = runtime._messaging_infrastructure
+    actors = [a for a in infra.actors if _alive(a)]
+    for a in actors:
+        a.terminate()
+    for a in actors:
+        mp.Process.join(a, 5)
+        if _alive(a):
+            a.kill()
+            mp.Process.join(a, 5)
+    for stop in (infra.smm.shutdown if infra.smm is not None else None, runtime._watchdog_manager.stop):
+        try:
+            if stop is not None:
+                stop()
+        except Exception:
+            pass
+
+
 class LavaNetwork:
     """A spiking graph compiled to Lava: ``run_graph(x)`` gives the per-step output ``[T, B, C, H, W]``
     for images ``x [B, C, H, W]`` (and the time embedding ``temb`` when the graph has one)."""
+
+    _in_lava = False  # True while a message exchange with the Lava runtime is under way
 
     def __init__(self, graph: SNNGraph, T: int, batch: int = 1, mode: str = "floating_pt",
                  record_spikes: bool = True, threshold_scale: float = 1.0, plan=None):
@@ -75,7 +108,9 @@ class LavaNetwork:
     def _run(self):
         from lava.magma.core.run_conditions import RunSteps
 
+        self._in_lava = True
         self.net.source.run(condition=RunSteps(num_steps=self.net.run_length), run_cfg=self._run_cfg())
+        self._in_lava = False
 
     def close(self) -> None:
         """Stop the Lava runtime (idempotent)."""
@@ -84,10 +119,17 @@ class LavaNetwork:
         self.closed = True
         _OPEN.discard(self)
         if self.compiled:
-            try:
-                self.net.source.stop()
-            except Exception:  # the runtime may already be down after an error; nothing left to stop
-                pass
+            runtime = self.net.source.runtime
+            actors = runtime._messaging_infrastructure.actors if runtime is not None else []
+            # A run or Var set interrupted half-way (Ctrl-C, an error) leaves the runtime's message
+            # exchange out of step, and a dead process never answers: Lava's stop() would wait forever.
+            if self._in_lava or not all(_alive(a) for a in actors):
+                _force_stop(runtime)
+            else:
+                try:
+                    self.net.source.stop()
+                except Exception:  # the runtime may already be down after an error
+                    _force_stop(runtime)
         self.net.probes.clear()
         self._probe_dir.cleanup()
 
@@ -113,10 +155,12 @@ class LavaNetwork:
         data = np.repeat(np.stack([whc(img) for img in image], axis=-1), T, axis=-1)  # (W, H, C, B*T)
         if self.plan is not None:
             data = self.plan.quantize_input(data)
+        self._in_lava = True  # a Var set is a many-message exchange with the runtime
         self.net.source.data.set(data)
         if self.net.temb_source is not None:
             graded = np.asarray(temb, dtype=np.float64).reshape(-1, 1)
             self.net.temb_source.data.set(graded if self.plan is None else self.plan.current(graded))
+        self._in_lava = False
 
     def run_graph(self, x: torch.Tensor, temb: np.ndarray | None = None) -> torch.Tensor:
         """Per-step graph output ``[T, B, C, H, W]`` from Lava."""

@@ -195,6 +195,8 @@ def add_import(sub):
     p.add_argument("--steps", type=int, default=20, help="DDIM steps for --sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--no-ema", action="store_true",
+                   help="compare with the checkpoint's raw weights (for files exported with --no-ema)")
     p.set_defaults(func=cmd_import)
 
 
@@ -211,8 +213,12 @@ def cmd_import(a):
         from sdm.export.verify import compare
         from sdm.train.sampling import model_from_checkpoint
 
-        model, _, _ = model_from_checkpoint(a.compare)
+        from sdm.train.neuron import set_threshold_scale
+
+        model, _, _ = model_from_checkpoint(a.compare, use_ema=not a.no_ema)
         model = model.to(den.dtype)
+        # The file has threshold guidance baked in; the checkpoint must run with the same scale.
+        set_threshold_scale(model, den.graph.host.threshold_scale)
         c, h, w = den.graph.host.img_shape
         g = torch.Generator().manual_seed(a.seed)
         x = torch.randn(4, c, h, w, generator=g, dtype=den.dtype)

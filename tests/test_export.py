@@ -281,3 +281,16 @@ def test_export_cli_end_to_end(tmp_path):
                         str(ckpt), "--dtype", "float64"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert " 0 of " in r.stdout
+
+
+def test_compare_applies_the_files_threshold_scale(tmp_path, capsys):
+    """A file exported with threshold guidance is compared against the checkpoint run at the same scale."""
+    from sdm.cli import main
+
+    torch.manual_seed(0)
+    ckpt = save_model(randomise(SpikingUNet(UNetConfig(**DEMO_LIKE))), tmp_path / "model.pt")
+    out = tmp_path / "guided.nir"
+    assert main(["export-nir", str(ckpt), "-o", str(out), "--threshold-scale", "1.05", "--dtype", "float64"]) == 0
+    assert main(["import-nir", str(out), "--compare", str(ckpt), "--dtype", "float64"]) == 0
+    printed = capsys.readouterr().out
+    assert " 0 of " in printed, printed

@@ -90,6 +90,9 @@ def cmd_train(a):
 
             if load_checkpoint(a.resume).get("stage", "base") != "tsm":
                 out = str(Path(a.resume).parent / "tsm")  # never overwrite the base model with its fine-tuning
+                if a.steps is None:  # inheriting the base run's length would fine-tune for as long as it trained
+                    raise UserError("--tsm starts a fine-tuning stage: give its length with --steps N "
+                                    "(a small fraction of the base run)")
         summary = train(out, resume=a.resume, tsm=a.tsm, overrides=overrides, device=a.device)
     else:
         if a.tsm:

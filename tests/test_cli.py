@@ -91,6 +91,12 @@ def test_train_tsm_without_resume(capsys, tmp_path):
     fails(capsys, ["train", "--tsm", "--out", str(tmp_path)], "--resume")
 
 
+def test_tsm_stage_needs_its_length(capsys, trained_ckpt):
+    """A new TSM stage must not silently inherit the base run's step count."""
+    fails(capsys, ["train", "--resume", str(trained_ckpt), "--tsm"], "--steps")
+    assert not (trained_ckpt.parent / "tsm" / "model.pt").exists()
+
+
 def test_train_resume_of_malicious_file(capsys, tmp_path):
     sentinel = tmp_path / "SENTINEL"
 

@@ -89,7 +89,8 @@ def _host_metadata(host: HostParams) -> dict:
     return {
         "T": host.T, "img_shape": np.array(host.img_shape), "readout_decay": host.readout_decay,
         "theta": host.theta, "threshold_scale": host.threshold_scale,
-        "schedule": {k: float(v) for k, v in host.schedule.items()},
+        "schedule": {"steps": int(host.schedule["steps"]), "beta_start": float(host.schedule["beta_start"]),
+                     "beta_end": float(host.schedule["beta_end"])},
         "time_mlp": dict(host.time_mlp),
         "temb_proj": {blk: {"w": w, "b": b} for blk, (w, b) in host.temb_proj.items()},
         "tail": dict(host.tail),
@@ -304,7 +305,8 @@ def _host_from_metadata(meta: dict, path: Path) -> HostParams:
     return HostParams(T=int(h["T"]), img_shape=tuple(int(v) for v in _arr(h["img_shape"])),
                       time_mlp={k: _arr(v) for k, v in h["time_mlp"].items()}, temb_proj=temb,
                       tail={k: _arr(v) for k, v in h["tail"].items()}, readout_decay=float(h["readout_decay"]),
-                      schedule={k: float(v) for k, v in h["schedule"].items()}, theta=float(h["theta"]),
+                      schedule={k: int(v) if k == "steps" else float(v) for k, v in h["schedule"].items()},
+                      theta=float(h["theta"]),
                       threshold_scale=float(h["threshold_scale"]))
 
 

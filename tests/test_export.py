@@ -83,6 +83,8 @@ def test_threshold_scale_baked_into_file(tmp_path):
     graph = read_nir(tmp_path / "g.nir")
     assert all(np.all(n.threshold == 0.99) for n in graph.of_type(IFNeurons))
     assert graph.host.threshold_scale == 0.99
+    steps = graph.host.schedule["steps"]
+    assert steps == 1000 and isinstance(steps, int)  # a step count, not 1000.0
     set_threshold_scale(model.double(), 0.99)
     x, t = inputs(DEMO_LIKE)
     r = compare(model, GraphDenoiser(graph, torch.float64), x, t)

@@ -14,7 +14,7 @@ from sdm.train.sampling import model_from_checkpoint
 from .execute import GraphDenoiser
 from .ir import IFNeurons, SNNGraph, TemporalAffine, Upsample
 from .lower import lower_unet
-from .nir_format import read_nir, write_nir
+from .nir_format import file_counts, read_nir, write_nir
 
 DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64)}
 
@@ -41,7 +41,8 @@ def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike
         bar.set_postfix_str("writing")
         write_nir(graph, out_path)
         bar.update()
-    return {**graph_summary(graph), "path": str(out_path), "bytes": out_path.stat().st_size,
+    nodes, edges = file_counts(graph)  # what the file holds, as import-nir will report it
+    return {**graph_summary(graph), "nodes": nodes, "edges": edges, "path": str(out_path), "bytes": out_path.stat().st_size,
             "seconds": time.perf_counter() - t0, "dtype": dtype, "threshold_scale": threshold_scale}
 
 

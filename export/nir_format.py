@@ -97,6 +97,12 @@ def _host_metadata(host: HostParams) -> dict:
     }
 
 
+def file_counts(graph: SNNGraph) -> tuple[int, int]:
+    """Nodes and edges of the graph as written to a NIR file (after junction elision)."""
+    elide = _elidable_junctions(graph)
+    return len(graph.nodes) - len(elide), len(_expanded_edges(graph, elide))
+
+
 def to_nir(graph: SNNGraph):
     """The ``nir.NIRGraph`` of an IR graph (type-checked by NIR on construction)."""
     import nir

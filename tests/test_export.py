@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -279,10 +280,14 @@ def test_export_cli_end_to_end(tmp_path):
     r = subprocess.run([str(exe), str(ckpt)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "model.nir").exists() and "extensions: upsample_nearest" in r.stdout
+    exported = r.stdout
     r = subprocess.run([sys.executable, "-m", "sdm.cli", "import-nir", str(tmp_path / "model.nir"), "--compare",
                         str(ckpt), "--dtype", "float64"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert " 0 of " in r.stdout
+    # both commands report the graph as it is in the file
+    counts = re.compile(r"(\d+) nodes, (\d+) edges")
+    assert counts.search(exported).groups() == counts.search(r.stdout).groups()
 
 
 def test_compare_applies_the_files_threshold_scale(tmp_path, capsys):

@@ -44,6 +44,8 @@ def test_bad_input_shape_and_config():
     model = SpikingUNet(small())
     with pytest.raises(ValueError, match="denoiser input"):
         model(torch.randn(1, 3, 16, 16), torch.tensor([1]))
+    with pytest.raises(ValueError, match="divisible"):  # width not divisible, height fine
+        model(torch.randn(1, model.cfg.img_ch, 16, 15), torch.tensor([1]))
     with pytest.raises(ValueError, match="img_size"):
         UNetConfig(img_size=28, ch_mult=(1, 2, 2, 4))
     with pytest.raises(ValueError, match="unknown UNet config"):

@@ -264,10 +264,11 @@ class SpikingUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        if x.dim() != 4 or x.shape[1] != cfg.img_ch or x.shape[2] % (2 ** (len(cfg.ch_mult) - 1)):
+        div = 2 ** (len(cfg.ch_mult) - 1)
+        if x.dim() != 4 or x.shape[1] != cfg.img_ch or x.shape[2] % div or x.shape[3] % div:
             raise ValueError(
                 f"denoiser input must be [B, {cfg.img_ch}, H, W] with H, W divisible by "
-                f"{2 ** (len(cfg.ch_mult) - 1)}, got {list(x.shape)}")
+                f"{div}, got {list(x.shape)}")
         temb = self.time_embedding(t)
         h = self.stem(x)
         skips = [h]

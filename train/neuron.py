@@ -2,9 +2,16 @@
 
 For every spiking step ``t = 0 .. T-1`` of an input current ``x[t]``::
 
-    h[t] = decay * v[t-1] + x[t]          charge   (v[-1] = 0, decay = 1 is pure IF)
+    h[t] = decay * v[t-1] + x[t]          charge   (v[-1] = v_init * theta, v_init = 0 by default;
+                                                     decay = 1 is pure IF)
     s[t] = H(h[t] - theta)                 fire     (H(0) = 1, as spikingjelly)
-    v[t] = h[t] * (1 - s[t])               hard reset to 0
+    v[t] = h[t] * (1 - s[t])               hard reset to 0          (reset="zero", the default)
+    v[t] = h[t] - theta * s[t]             reset by subtraction     (reset="subtract")
+
+The subtractive reset with ``v_init = 1/2`` is the neuron of ANN-to-SNN
+conversion (Fast-SNN, SDM section 6): with a constant input ``x`` for ``T``
+steps it fires ``clamp(floor(T*x/theta + 1/2), 0, T)`` times, the quantised
+ReLU of ``train/conversion.py`` with clip ``theta`` and ``T = 2^b - 1`` levels.
 
 ``theta`` is the base threshold times a scale that can be changed at inference
 (threshold guidance).  Training uses the ATan surrogate of spikingjelly::
@@ -12,7 +19,9 @@ For every spiking step ``t = 0 .. T-1`` of an input current ``x[t]``::
     dH/dh ~ sg(h - theta) = alpha / (2 * (1 + (pi/2 * alpha * (h - theta))^2)),  alpha = 2
 
 and, as in the reference (``detach_reset=False``), the gradient also flows
-through the reset: ``dv/dh = (1 - s) - h * sg``.
+through the reset: ``dv/dh = (1 - s) - h * sg`` (hard reset) or
+``dv/dh = 1 - theta * sg`` (subtractive reset).  ``v_init`` is a constant: no
+gradient flows to it.
 
 The forward pass runs the T steps without building an autograd graph and keeps
 only the pre-reset membrane ``h`` (the spikes are ``h >= theta``); the backward
@@ -36,39 +45,50 @@ def atan_surrogate(u: torch.Tensor, alpha: float = ATAN_ALPHA) -> torch.Tensor:
     return (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * u).square())
 
 
-def if_step(v: torch.Tensor, x: torch.Tensor, theta: float, decay: float = 1.0):
+RESETS = ("zero", "subtract")
+
+
+def if_step(v: torch.Tensor, x: torch.Tensor, theta: float, decay: float = 1.0, reset: str = "zero"):
     """One step of the neuron without gradients: returns ``(spike, v_next, h)``.
 
     Exposed for simulators that step one time step at a time (NIR import, Lava
     reference checks); the multi-step function below is the same arithmetic.
+    The caller starts ``v`` at ``v_init * theta`` (zeros by default).
     """
     h = x + v * decay if decay != 1.0 else x + v
     s = (h >= theta).to(x.dtype)
+    if reset == "subtract":
+        return s, torch.where(h >= theta, h - theta, h), h
     return s, h * (1.0 - s), h
 
 
 class _MultiStepIF(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_seq: torch.Tensor, theta: float, decay: float, alpha: float):
+    def forward(ctx, x_seq: torch.Tensor, theta: float, decay: float, alpha: float,
+                subtract: bool = False, v_init: float = 0.0):
         h_seq = torch.empty_like(x_seq)
         v = torch.zeros_like(x_seq[0])
+        if v_init != 0.0:
+            v = v + v_init * theta
         for t in range(x_seq.shape[0]):
             h = h_seq[t]
             if decay == 1.0:
                 torch.add(x_seq[t], v, out=h)
             else:
                 torch.add(x_seq[t], v, alpha=decay, out=h)
-            # v = h where h < theta, else 0 (hard reset)
-            v = h.masked_fill(h >= theta, 0.0)
+            if subtract:  # v = h - theta where h >= theta, else h
+                v = torch.where(h >= theta, h - theta, h)
+            else:  # v = h where h < theta, else 0 (hard reset)
+                v = h.masked_fill(h >= theta, 0.0)
         spikes = (h_seq >= theta).to(x_seq.dtype)
         ctx.save_for_backward(h_seq)
-        ctx.theta, ctx.decay, ctx.alpha = theta, decay, alpha
+        ctx.theta, ctx.decay, ctx.alpha, ctx.subtract = theta, decay, alpha, subtract
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):
         (h_seq,) = ctx.saved_tensors
-        theta, decay, alpha = ctx.theta, ctx.decay, ctx.alpha
+        theta, decay, alpha, subtract = ctx.theta, ctx.decay, ctx.alpha, ctx.subtract
         grad_x = torch.empty_like(h_seq)
         grad_v = None
         for t in range(h_seq.shape[0] - 1, -1, -1):
@@ -76,25 +96,33 @@ class _MultiStepIF(torch.autograd.Function):
             sg = atan_surrogate(h - theta, alpha)
             gh = grad_spikes[t] * sg
             if grad_v is not None:
-                not_spiked = (h < theta).to(h.dtype)
-                gh = gh + grad_v * (not_spiked - h * sg)
+                if subtract:  # dv/dh = 1 - theta * sg
+                    gh = gh + grad_v * (1.0 - theta * sg)
+                else:  # dv/dh = (1 - s) - h * sg
+                    not_spiked = (h < theta).to(h.dtype)
+                    gh = gh + grad_v * (not_spiked - h * sg)
             grad_x[t] = gh
             grad_v = gh * decay if decay != 1.0 else gh
-        return grad_x, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def multistep_if(
-    x_seq: torch.Tensor, theta: float | torch.Tensor = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA
+    x_seq: torch.Tensor, theta: float | torch.Tensor = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA,
+    reset: str = "zero", v_init: float = 0.0,
 ) -> torch.Tensor:
-    """Spikes ``[T, ...]`` of a neuron driven by currents ``x_seq [T, ...]``, starting from v = 0.
+    """Spikes ``[T, ...]`` of a neuron driven by currents ``x_seq [T, ...]``, starting from
+    ``v = v_init * theta`` (0 by default), with ``reset`` "zero" (hard) or "subtract".
 
     ``theta`` is a scalar or a tensor broadcastable to one step (per-neuron thresholds)."""
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
     if not isinstance(theta, torch.Tensor):
         theta = float(theta)
+    args = (x_seq, theta, float(decay), float(alpha), reset == "subtract", float(v_init))
     if x_seq.requires_grad and torch.is_grad_enabled():
-        return _MultiStepIF.apply(x_seq, theta, float(decay), float(alpha))
+        return _MultiStepIF.apply(*args)
     with torch.no_grad():
-        return _MultiStepIF.forward(_NoCtx(), x_seq, theta, float(decay), float(alpha))
+        return _MultiStepIF.forward(_NoCtx(), *args)
 
 
 class _NoCtx:
@@ -105,7 +133,7 @@ class _NoCtx:
 
 
 def multistep_if_reference(x_seq: torch.Tensor, theta: float = 1.0, decay: float = 1.0,
-                           alpha: float = ATAN_ALPHA) -> torch.Tensor:
+                           alpha: float = ATAN_ALPHA, reset: str = "zero", v_init: float = 0.0) -> torch.Tensor:
     """Step-by-step autograd version (spikingjelly's formulation); used to test the fused one."""
 
     class _Heaviside(torch.autograd.Function):
@@ -119,12 +147,12 @@ def multistep_if_reference(x_seq: torch.Tensor, theta: float = 1.0, decay: float
             (u,) = ctx.saved_tensors
             return g * atan_surrogate(u, alpha)
 
-    v = torch.zeros_like(x_seq[0])
+    v = torch.zeros_like(x_seq[0]) + v_init * theta
     out = []
     for t in range(x_seq.shape[0]):
         h = decay * v + x_seq[t]
         s = _Heaviside.apply(h - theta)
-        v = h * (1.0 - s)
+        v = h - theta * s if reset == "subtract" else h * (1.0 - s)
         out.append(s)
     return torch.stack(out)
 
@@ -134,19 +162,26 @@ class IFNeuron(nn.Module):
 
     ``theta`` is the trained threshold; ``threshold_scale`` multiplies it at
     inference (threshold guidance, e.g. 0.997 or 1.003) without retraining.
-    The layer has no state between calls: every call starts from v = 0, which is
-    how the membrane is reset between denoiser evaluations.
+    The layer has no state between calls: every call starts from
+    ``v = v_init * theta`` (0 by default), which is how the membrane is reset
+    between denoiser evaluations.  ``reset`` is "zero" (hard reset, the trained
+    SNN) or "subtract" (converted models, with ``v_init = 0.5``).
     """
 
-    def __init__(self, theta: float = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA):
+    def __init__(self, theta: float = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA,
+                 reset: str = "zero", v_init: float = 0.0):
         super().__init__()
         if theta <= 0:
             raise ValueError(f"IF threshold must be positive, got {theta}")
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"IF decay must be in (0, 1], got {decay}")
+        if reset not in RESETS:
+            raise ValueError(f"IF reset must be one of {RESETS}, got {reset!r}")
         self.theta = float(theta)
         self.decay = float(decay)
         self.alpha = float(alpha)
+        self.reset = reset
+        self.v_init = float(v_init)
         self.threshold_scale = 1.0
 
     @property
@@ -158,14 +193,17 @@ class IFNeuron(nn.Module):
         # mantissa would move spikes, and spikes are exact in any dtype anyway.
         if x_seq.dtype in (torch.bfloat16, torch.float16):
             x_seq = x_seq.float()
-        return multistep_if(x_seq, self.effective_threshold, self.decay, self.alpha)
+        return multistep_if(x_seq, self.effective_threshold, self.decay, self.alpha, self.reset, self.v_init)
 
     def extra_repr(self) -> str:
-        return f"theta={self.theta}, decay={self.decay}, threshold_scale={self.threshold_scale}"
+        extra = f", reset={self.reset}, v_init={self.v_init}" if self.reset != "zero" or self.v_init else ""
+        return f"theta={self.theta}, decay={self.decay}, threshold_scale={self.threshold_scale}{extra}"
 
 
 def set_threshold_scale(model: nn.Module, scale: float) -> int:
-    """Scale every neuron threshold of ``model`` by ``scale``; returns the number of neurons layers."""
+    """Scale every neuron threshold of ``model`` by ``scale``; returns the number of neurons layers.
+
+    A model without spiking neurons (an ANN) accepts only ``scale = 1``."""
     if not scale > 0:
         raise ValueError(f"threshold scale must be positive, got {scale}")
     n = 0
@@ -173,4 +211,6 @@ def set_threshold_scale(model: nn.Module, scale: float) -> int:
         if isinstance(m, IFNeuron):
             m.threshold_scale = float(scale)
             n += 1
+    if n == 0 and scale != 1.0:
+        raise ValueError("threshold scale applies to spiking neurons; this model is an ANN and has none")
     return n

@@ -165,6 +165,9 @@ def train(
     if resume is not None:
         state = load_checkpoint(resume)
         saved_stage = state.get("stage", "base")
+        if saved_stage == "converted":
+            raise CheckpointError(f"{resume}: is a converted SNN (sdm convert); sdm train does not continue it "
+                                  "(fine-tune it with sdm convert --finetune-steps)")
         if saved_stage == "tsm" and not tsm:
             raise CheckpointError(f"{resume}: is a TSM fine-tuning checkpoint; resume it with --tsm")
         continuing = saved_stage == stage

@@ -12,6 +12,17 @@ Layout (reference ``Spk_UNet``)::
     up:     num_res_blocks+1 ResBlocks per level on cat(h, skip), UpSample (IF -> nearest x2 -> conv -> BN)
     tail:   BN -> Swish -> conv -> [out_conv -> BN -> Swish] + residual -> membrane readout
 
+ANN variants (``neuron`` in the config): "swish" and "relu" replace every IF neuron
+by that analog activation, "qrelu" by the quantised ReLU of ``train/conversion.py``;
+everything else (widths, BN, tail, recipe) is the same.  An ANN has no time axis to
+spend, so it runs with ``T = 1`` internally: the sequence axis has length one and the
+membrane readout over one step is the identity, ``eps = h[0]``.
+
+Converted models (``sdm convert``) are ordinary IF models with per-neuron-layer
+thresholds ``thetas``, ``reset="subtract"``, ``v_init=0.5`` and ``readout="mean"``:
+the residual stream is averaged over the T steps before the analog tail,
+``eps = Tail(mean_t h[t])`` on one step.
+
 ResBlock (pre-spike)::
 
     h = BN1(conv1(IF1(x))) + temb_proj(temb)      # temb identical for all T
@@ -31,7 +42,10 @@ from torch.nn import functional as F
 from torch.nn import init
 
 from .layers import MembraneReadout, SeqBatchNorm2d, Swish, TSMConv2d
-from .neuron import IFNeuron
+from .neuron import RESETS, IFNeuron
+
+NEURONS = ("if", "swish", "relu", "qrelu")  # "if": the SNN; the others: ANN baselines
+READOUTS = ("membrane", "mean")
 
 
 @dataclass
@@ -49,10 +63,31 @@ class UNetConfig:
     decay: float = 1.0  # membrane decay per step (1 = IF)
     readout_decay: float = 0.8
     tsm: bool = False
+    neuron: str = "if"  # if | swish | relu | qrelu (ANN kinds run with T = 1)
+    bits: int = 0  # activation bits of neuron="qrelu"
+    reset: str = "zero"  # IF reset: zero (hard) | subtract
+    v_init: float = 0.0  # initial membrane, a fraction of theta
+    thetas: tuple[float, ...] = ()  # per-neuron-layer thresholds in module order (converted models); () = theta
+    readout: str = "membrane"  # membrane: eps = sum_t decay^(T-1-t) Tail(h)[t];  mean: eps = Tail(mean_t h)
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        self.thetas = tuple(float(v) for v in self.thetas)
         problems = []
+        if self.neuron not in NEURONS:
+            problems.append(f"neuron={self.neuron!r} must be one of {', '.join(NEURONS)}")
+        elif self.neuron != "if":
+            self.T = 1  # an ANN has no spiking steps to spend
+            if self.tsm:
+                problems.append("TSM (per-step gains) applies to spiking models only, not to an ANN")
+        if self.neuron == "qrelu" and not 1 <= self.bits <= 16:
+            problems.append(f"bits={self.bits} must be in 1..16 for neuron='qrelu'")
+        if self.reset not in RESETS:
+            problems.append(f"reset={self.reset!r} must be one of {', '.join(RESETS)}")
+        if self.readout not in READOUTS:
+            problems.append(f"readout={self.readout!r} must be one of {', '.join(READOUTS)}")
+        if any(not v > 0 for v in self.thetas):
+            problems.append("thetas must all be positive")
         if self.img_ch < 1:
             problems.append(f"img_ch={self.img_ch} must be >= 1")
         if self.ch < 2 or self.ch % 2:
@@ -76,6 +111,7 @@ class UNetConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["ch_mult"] = list(self.ch_mult)
+        d["thetas"] = list(self.thetas)
         return d
 
     @classmethod
@@ -113,6 +149,32 @@ class TimeEmbedding(nn.Module):
         return self.fc2(self.act(self.fc1(self.table[t])))
 
 
+class AnalogActivation(nn.Module):
+    """Elementwise analog activation of the ANN baseline: Swish ``x * sigmoid(x)`` or ReLU."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.fn = {"swish": F.silu, "relu": F.relu}[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+def make_neuron(cfg: UNetConfig) -> nn.Module:
+    """The activation that sits before every conv: an IF neuron, or the ANN's activation."""
+    if cfg.neuron == "if":
+        return IFNeuron(cfg.theta, cfg.decay, reset=cfg.reset, v_init=cfg.v_init)
+    if cfg.neuron == "qrelu":
+        from .conversion import QuantReLU
+
+        return QuantReLU(cfg.bits)
+    return AnalogActivation(cfg.neuron)
+
+
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> TSMConv2d:
     conv = TSMConv2d(cin, cout, k, stride=stride, padding=k // 2)
     init.xavier_uniform_(conv.weight)
@@ -123,13 +185,13 @@ def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> TSMConv2d:
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, tdim: int, cfg: UNetConfig):
         super().__init__()
-        self.neuron1 = IFNeuron(cfg.theta, cfg.decay)
+        self.neuron1 = make_neuron(cfg)
         self.conv1 = _conv(in_ch, out_ch)
         self.bn1 = SeqBatchNorm2d(out_ch)
         self.temb_proj = nn.Sequential(Swish(), nn.Linear(tdim, out_ch))
         init.xavier_uniform_(self.temb_proj[1].weight)
         init.zeros_(self.temb_proj[1].bias)
-        self.neuron2 = IFNeuron(cfg.theta, cfg.decay)
+        self.neuron2 = make_neuron(cfg)
         self.conv2 = _conv(out_ch, out_ch)
         self.bn2 = SeqBatchNorm2d(out_ch)
         self.shortcut = _conv(in_ch, out_ch, k=1) if in_ch != out_ch else None
@@ -144,7 +206,7 @@ class ResBlock(nn.Module):
 class DownSample(nn.Module):
     def __init__(self, ch: int, cfg: UNetConfig):
         super().__init__()
-        self.neuron = IFNeuron(cfg.theta, cfg.decay)
+        self.neuron = make_neuron(cfg)
         self.conv = _conv(ch, ch, stride=2)
         self.bn = SeqBatchNorm2d(ch)
 
@@ -155,7 +217,7 @@ class DownSample(nn.Module):
 class UpSample(nn.Module):
     def __init__(self, ch: int, cfg: UNetConfig):
         super().__init__()
-        self.neuron = IFNeuron(cfg.theta, cfg.decay)
+        self.neuron = make_neuron(cfg)
         self.conv = _conv(ch, ch)
         self.bn = SeqBatchNorm2d(ch)
 
@@ -175,7 +237,7 @@ class Stem(nn.Module):
         self.T = cfg.T
         self.conv_in = _conv(cfg.img_ch, cfg.ch)
         self.bn_in = SeqBatchNorm2d(cfg.ch)
-        self.neuron = IFNeuron(cfg.theta, cfg.decay)
+        self.neuron = make_neuron(cfg)
         self.conv = _conv(cfg.ch, cfg.ch)
         self.bn = SeqBatchNorm2d(cfg.ch)
 
@@ -205,10 +267,12 @@ class Tail(nn.Module):
         # per-step 3x3 conv; it is not a TSM layer.
         self.out_conv = nn.Conv2d(cfg.img_ch, cfg.img_ch, 3, padding=1)
         self.out_bn = SeqBatchNorm2d(cfg.img_ch)
-        self.readout = MembraneReadout(cfg.T, cfg.readout_decay)
+        self.mean_first = cfg.readout == "mean"
+        self.readout = MembraneReadout(1 if self.mean_first else cfg.T, cfg.readout_decay)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        T, B = h.shape[:2]
+        if self.mean_first:
+            h = h.mean(0, keepdim=True)
         h = self.conv.forward_seq(self.act(self.bn.forward_seq(h)))
         g = self.out_conv(h.flatten(0, 1)).view(h.shape)
         h = F.silu(self.out_bn.forward_seq(g)) + h
@@ -251,11 +315,21 @@ class SpikingUNet(nn.Module):
         assert not skip_chs
 
         self.tail = Tail(now, cfg)
+        if cfg.thetas:
+            neurons = [m for m in self.modules() if isinstance(m, IFNeuron)]
+            if len(neurons) != len(cfg.thetas):
+                raise ValueError(f"thetas has {len(cfg.thetas)} values but the UNet has {len(neurons)} neuron layers")
+            for m, th in zip(neurons, cfg.thetas):
+                m.theta = th
         if cfg.tsm:
             self.enable_tsm()
 
     def enable_tsm(self) -> int:
         """Switch on TSM (gains initialised to 1, so the output is unchanged); returns the layer count."""
+        if self.cfg.neuron != "if":
+            raise ValueError(f"TSM applies to spiking models only; this model is an ANN (neuron={self.cfg.neuron})")
+        if self.cfg.readout != "membrane":
+            raise ValueError("TSM is not supported on converted models (readout='mean')")
         convs = [m for m in self.modules() if isinstance(m, TSMConv2d)]
         for m in convs:
             m.enable_tsm(self.cfg.T)

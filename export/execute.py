@@ -90,7 +90,7 @@ class GraphModule(nn.Module):
             elif isinstance(node, IFNeurons):
                 th = self._uniform_threshold.get(name)
                 th = th * self.threshold_scale if th is not None else self._params[key + "__th"] * self.threshold_scale
-                out = multistep_if(inp, th, node.decay)
+                out = multistep_if(inp, th, node.decay, reset=node.reset, v_init=node.v_init)
                 if self.record:
                     self.spikes[name] = out
             elif isinstance(node, Upsample):
@@ -119,7 +119,8 @@ class GraphDenoiser(GraphModule):
             key = block.replace(".", "__")
             self._host[key + "__w"] = self._p(w)
             self._host[key + "__b"] = self._p(b)
-        decay = host.readout_decay ** np.arange(self.T - 1, -1, -1, dtype=np.float64)
+        self.mean_first = host.readout == "mean"
+        decay = host.readout_decay ** np.arange((1 if self.mean_first else self.T) - 1, -1, -1, dtype=np.float64)
         self._host["readout"] = self._p(decay)
 
     # ----- host side ----------------------------------------------------------------------
@@ -134,6 +135,8 @@ class GraphDenoiser(GraphModule):
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         p = {k[len("tail__"):]: v for k, v in self._host.items() if k.startswith("tail__")}
+        if self.mean_first:
+            h = h.mean(0, keepdim=True)
         T, B = h.shape[:2]
         y = h * p["bn_scale"].view(1, 1, -1, 1, 1) + p["bn_shift"].view(1, 1, -1, 1, 1)
         y = F.conv2d(F.silu(y).flatten(0, 1), p["conv_w"], p["conv_b"], padding=p["conv_w"].shape[-1] // 2)

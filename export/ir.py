@@ -120,17 +120,23 @@ class TemporalAffine(Node):
 class IFNeurons(Node):
     """Integrate-and-fire neurons, one per element of ``threshold`` (C, H, W)::
 
-        h[n] = decay * v[n-1] + I[n];  s[n] = (h[n] >= threshold);  v[n] = h[n] * (1 - s[n]),  v[-1] = 0
+        h[n] = decay * v[n-1] + I[n];  s[n] = (h[n] >= threshold);  v[-1] = v_init * threshold
+        v[n] = h[n] * (1 - s[n])             reset = "zero" (default)
+        v[n] = h[n] - threshold * s[n]       reset = "subtract" (converted models)
     """
 
     threshold: np.ndarray  # (C, H, W)
     decay: float = 1.0
+    reset: str = "zero"
+    v_init: float = 0.0  # fraction of the threshold
 
     def __post_init__(self):
         if self.threshold.ndim != 3 or not np.all(self.threshold > 0):
             raise ValueError(f"{self.name}: threshold must be a positive (C, H, W) array")
         if not 0.0 < self.decay <= 1.0:
             raise ValueError(f"{self.name}: decay must be in (0, 1], got {self.decay}")
+        if self.reset not in ("zero", "subtract"):
+            raise ValueError(f"{self.name}: reset must be zero or subtract, got {self.reset!r}")
 
     @property
     def shape(self) -> Shape:
@@ -194,7 +200,8 @@ class HostParams:
     ``temb_proj[block]``: ``(w, b)``: the block's current ``w @ swish(temb) + b``.
     ``tail``: ``bn_scale/bn_shift`` (folded BatchNorm), ``conv_w/b``, optional ``conv_gain [T]``,
     ``out_w/b``, ``out_bn_scale/shift``: per step ``h = gain*conv(swish(bn(x)))``, ``h += swish(out_bn(out_conv(h)))``;
-    then ``eps = sum_t readout_decay^(T-1-t) h[t]``.
+    then ``eps = sum_t readout_decay^(T-1-t) h[t]``.  ``readout = "mean"`` (converted models): the
+    tail runs once on ``mean_t x[t]`` and ``eps`` is its output.
     """
 
     T: int
@@ -206,6 +213,7 @@ class HostParams:
     schedule: dict[str, float] = field(default_factory=lambda: {"steps": 1000, "beta_start": 1e-4, "beta_end": 0.02})
     theta: float = 1.0
     threshold_scale: float = 1.0
+    readout: str = "membrane"  # membrane | mean
 
 
 @dataclass

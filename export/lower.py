@@ -44,6 +44,8 @@ class _Builder:
         self.decay = getattr(model.cfg, "decay", 1.0)
         self.dtype = dtype
         self.theta = model.cfg.theta * threshold_scale
+        self.threshold_scale = threshold_scale
+        self.named = dict(model.named_modules())
         self.nodes: dict = {}
         self.edges: list[tuple[str, str]] = []
 
@@ -59,7 +61,12 @@ class _Builder:
 
     def neurons(self, name: str, source: str) -> str:
         shape = self.nodes[source].shape
-        return self.add(IFNeurons(name, np.full(shape, self.theta, dtype=self.dtype), decay=self.decay), source)
+        # the neuron module (a concatenation's parts are named "<module>.<part>"): its own threshold,
+        # reset and initial membrane (converted models have one threshold per layer)
+        mod = self.named.get(name) or self.named.get(name.rsplit(".", 1)[0])
+        theta = mod.theta * self.threshold_scale if hasattr(mod, "theta") else self.theta
+        return self.add(IFNeurons(name, np.full(shape, theta, dtype=self.dtype), decay=self.decay,
+                                  reset=getattr(mod, "reset", "zero"), v_init=getattr(mod, "v_init", 0.0)), source)
 
     def conv_stage(self, prefix: str, conv: TSMConv2d, bn: nn.BatchNorm2d | None,
                    parts: list[tuple[str, str]]) -> list[str]:
@@ -132,6 +139,9 @@ def lower_unet(model: SpikingUNet, dtype=np.float32, threshold_scale: float = 1.
     if not threshold_scale > 0:
         raise ValueError(f"threshold scale must be positive, got {threshold_scale}")
     cfg = model.cfg
+    if getattr(cfg, "neuron", "if") != "if":
+        raise ValueError(f"only spiking models lower to a spiking graph (NIR export, Lava, energy); this is an ANN "
+                         f"(neuron={cfg.neuron}); a quantised ANN does after `sdm convert`")
     b = _Builder(model, np.dtype(dtype), threshold_scale)
     with torch.no_grad():
         size = cfg.img_size
@@ -188,6 +198,7 @@ def _host_params(model: SpikingUNet, to_np, threshold_scale: float) -> HostParam
         tail_params["conv_gain"] = to_np(tail.conv.tsm_gain)
     return HostParams(T=cfg.T, img_shape=(cfg.img_ch, cfg.img_size, cfg.img_size), time_mlp=time_mlp,
                       temb_proj=temb_proj, tail=tail_params, readout_decay=cfg.readout_decay,
+                      readout=getattr(cfg, "readout", "membrane"),
                       schedule={"steps": cfg.diffusion_steps, "beta_start": 1e-4, "beta_end": 0.02}, theta=cfg.theta, threshold_scale=threshold_scale)
 
 

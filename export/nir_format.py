@@ -31,7 +31,7 @@ from .ir import (AnalogInput, Conv, HostParams, IFNeurons, Junction, Node, Outpu
 
 FORMAT = "sdm-snn"  # metadata tag of files written here
 FORMAT_VERSION = 1
-EXTENSIONS = ("temporal_affine", "upsample_nearest")
+EXTENSIONS = ("temporal_affine", "upsample_nearest", "if_neuron")
 
 
 class NIRFormatError(ValueError):
@@ -88,7 +88,7 @@ def _expanded_edges(graph: SNNGraph, elide: set[str]) -> list[tuple[str, str]]:
 def _host_metadata(host: HostParams) -> dict:
     return {
         "T": host.T, "img_shape": np.array(host.img_shape), "readout_decay": host.readout_decay,
-        "theta": host.theta, "threshold_scale": host.threshold_scale,
+        "theta": host.theta, "threshold_scale": host.threshold_scale, "readout": host.readout,
         "schedule": {"steps": int(host.schedule["steps"]), "beta_start": float(host.schedule["beta_start"]),
                      "beta_end": float(host.schedule["beta_end"])},
         "time_mlp": dict(host.time_mlp),
@@ -121,6 +121,14 @@ def to_nir(graph: SNNGraph):
         elif isinstance(node, Conv):
             nodes[name] = nir.Conv2d(input_shape=node.in_shape[1:], weight=node.weight, stride=node.stride,
                                      padding=node.padding, dilation=1, groups=1, bias=node.bias)
+        elif isinstance(node, IFNeurons) and (node.reset != "zero" or node.v_init != 0.0):
+            # NIR's IF resets to v_reset and starts at 0: subtractive reset and v_init travel as an extension
+            used.add("if_neuron")
+            nodes[name] = _guard_graph(name, node.shape, node.shape, {
+                "sdm.extension": "if_neuron", "v_threshold": node.threshold, "decay": float(node.decay),
+                "reset": node.reset, "v_init": float(node.v_init),
+                "equation": "h[n] = decay*v[n-1] + I[n]; s[n] = h[n] >= v_threshold; v[-1] = v_init*v_threshold; "
+                            "v[n] = h[n] - v_threshold*s[n] (reset=subtract) or h[n]*(1-s[n]) (reset=zero)"})
         elif isinstance(node, IFNeurons):
             ones, zeros = np.ones_like(node.threshold), np.zeros_like(node.threshold)
             if node.decay == 1.0:
@@ -264,6 +272,14 @@ def _node_from_nir(name: str, n, path: Path) -> Node:
         out_shape = tuple(int(v) for v in _arr(inner_out[0].output_type["output"]))
         if ext == "temporal_affine":
             return TemporalAffine(name, _arr(n.metadata["gain"]), _arr(n.metadata["offset"]), out_shape)
+        if ext == "if_neuron":
+            reset = n.metadata["reset"]
+            reset = reset.decode() if isinstance(reset, bytes) else str(reset)
+            try:
+                return IFNeurons(name, _arr(n.metadata["v_threshold"]), decay=float(n.metadata["decay"]),
+                                 reset=reset, v_init=float(n.metadata["v_init"]))
+            except ValueError as e:
+                raise NIRFormatError(f"{where}: {e}") from None
         if ext == "upsample_nearest":
             up = Upsample(name, in_shape, int(n.metadata["scale"]))
             if up.shape != out_shape:
@@ -305,6 +321,10 @@ def _node_from_nir(name: str, n, path: Path) -> Node:
     raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} is not supported by sdm")
 
 
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def _host_from_metadata(meta: dict, path: Path) -> HostParams:
     h = meta["host"]
     temb = {blk: (_arr(v["w"]), _arr(v["b"])) for blk, v in h["temb_proj"].items()}
@@ -313,6 +333,7 @@ def _host_from_metadata(meta: dict, path: Path) -> HostParams:
                       tail={k: _arr(v) for k, v in h["tail"].items()}, readout_decay=float(h["readout_decay"]),
                       schedule={k: int(v) if k == "steps" else float(v) for k, v in h["schedule"].items()},
                       theta=float(h["theta"]),
+                      readout=_text(h.get("readout", "membrane")),
                       threshold_scale=float(h["threshold_scale"]))
 
 

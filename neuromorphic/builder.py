@@ -4,8 +4,9 @@ Latency: every conv (a Lava synapse) delays by one step; neurons and relays by n
 node's *depth* ``d`` is the step at which its first valid input arrives: ``d(image) = 0``,
 ``d(conv) = d(input) + 1``, otherwise the maximum over its inputs; shorter paths into a
 node get a :class:`DelayLine` of the difference.  Neuron group ``n`` integrates spiking
-steps ``d(n) .. d(n)+T-1`` of a call and is reset to 0 when its window opens
-(``LIFReset`` with ``reset_interval = T`` and phase ``d(n)``): the staggered reset.
+steps ``d(n) .. d(n)+T-1`` of a call and is reset to ``v_init * vth`` (0 unless converted)
+when its window opens (``LIFReset`` with ``reset_interval = T`` and phase ``d(n)``): the
+staggered reset.  A spike resets ``v`` to 0 or, with ``reset="subtract"``, by ``vth``.
 
 Batches are pipelined: image ``b`` of a batch occupies steps ``b*T .. b*T+T-1`` of each
 layer's window, so a call on ``B`` images takes ``B*T + depth`` steps (rounded up to a
@@ -174,7 +175,7 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
                 reset_interval=T, reset_offset=(d[name] + 1) % T,
                 window_start=d[name], window=window, run_length=run_length,
                 probe=probe(name, shape) if record_spikes else "",
-                name=name)
+                reset=node.reset, v_init=node.v_init, name=name)
         elif isinstance(node, Junction):
             rec = name == out_src[0]
             procs[name] = AnalogJunction(shape=shape, bias=cur(whc(bias.get(name, np.zeros(node.shape)))),

@@ -145,6 +145,9 @@ def sequential_chain(graph: SNNGraph) -> SequentialChain:
         th = graph.nodes[n].threshold
         if not np.all(th == th.flat[0]):
             raise NetxExportError(f"{n}: per-neuron thresholds are not supported (netx vThMant is one value)")
+        if graph.nodes[n].reset != "zero" or graph.nodes[n].v_init != 0.0:
+            raise NetxExportError(f"{n}: subtractive reset / initial membrane (converted models) are not "
+                                  "supported by netx export")
     return SequentialChain(image, first[0], neurons, convs, rest[0][0])
 
 

@@ -62,9 +62,27 @@ def add_train(sub):
     p.add_argument("--num-res-blocks", type=int)
     p.add_argument("--T", type=int, help="spiking steps per denoiser call")
     p.add_argument("--img-size", type=int)
+    p.add_argument("--model", choices=["snn", "ann", "qann"],
+                   help="snn: the spiking UNet (default); ann: the same UNet with an analog activation "
+                        "(runs with T=1); qann: quantised-ReLU ANN for `sdm convert`")
+    p.add_argument("--activation", choices=["swish", "relu"], help="activation of --model ann (default swish)")
+    p.add_argument("--bits", type=int, help="activation bits of --model qann (default 2; converts to T = 2^bits - 1)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=cmd_train)
+
+
+def _model_kind(a) -> dict:
+    """``--model/--activation/--bits`` as UNetConfig fields (``neuron``, ``bits``)."""
+    if a.activation and a.model != "ann":
+        raise UserError("--activation applies to --model ann")
+    if a.bits is not None and a.model != "qann":
+        raise UserError("--bits applies to --model qann")
+    if a.model == "ann":
+        return {"neuron": a.activation or "swish"}
+    if a.model == "qann":
+        return {"neuron": "qrelu", "bits": 2 if a.bits is None else a.bits}
+    return {"neuron": "if"} if a.model == "snn" else {}
 
 
 def cmd_train(a):
@@ -81,6 +99,7 @@ def cmd_train(a):
         torch.set_num_threads(a.threads)
     overrides = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
     model_over = {v: getattr(a, k) for k, v in MODEL_FLAGS.items() if getattr(a, k) is not None}
+    model_over.update(_model_kind(a))
     if a.resume:
         if model_over or a.config:
             raise UserError("--resume takes the architecture from the checkpoint; drop --config and model options")
@@ -157,6 +176,50 @@ def cmd_sample(a):
                      threshold_scale=s, batch_size=a.batch_size, device=device)
         save_grid(x, path, scale=a.scale)
         print(f"wrote {path} ({a.n} samples, {a.sampler}, threshold x{s:g}, {time.perf_counter() - t0:.1f} s)")
+
+
+# ----- convert ----------------------------------------------------------------------------
+def add_convert(sub):
+    p = sub.add_parser("convert", help="convert a quantised ANN (train --model qann) into a spiking checkpoint",
+                       description="ANN-to-SNN conversion (Fast-SNN, SDM section 6): IF neurons with T = 2^bits - 1, "
+                                   "threshold = the layer's clip alpha, membrane starting at theta/2, reset by "
+                                   "subtraction (docs/conversion.md).")
+    p.add_argument("model", metavar="QANN.pt")
+    p.add_argument("--out", required=True, metavar="SNN.pt")
+    p.add_argument("--no-ema", action="store_true", help="convert raw weights even if EMA weights exist")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="block-wise fine-tuning steps per block (MSE to the quantised ANN's block outputs)")
+    p.add_argument("--finetune-lr", type=float, default=1e-6)
+    p.add_argument("--data", help="training data for fine-tuning (default: the QANN's training data)")
+    p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(a):
+    import torch
+
+    from sdm.train.checkpoint import load_checkpoint, save_checkpoint
+    from sdm.train.conversion import convert_qann
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.finetune_steps < 0:
+        raise UserError("--finetune-steps must be >= 0")
+    ckpt = load_checkpoint(a.model)
+    out = convert_qann(ckpt, use_ema=not a.no_ema, source=a.model)
+    msg = ""
+    if a.finetune_steps:
+        from sdm.train.conversion import finetune_from_checkpoints
+
+        losses = finetune_from_checkpoints(ckpt, out, a.finetune_steps, lr=a.finetune_lr, data=a.data,
+                                           batch_size=a.batch_size, seed=a.seed, use_ema=not a.no_ema)
+        msg = f", fine-tuned {len(losses)} blocks x {a.finetune_steps} steps (last block mse {losses[-1]:.3e})"
+    save_checkpoint(a.out, out)
+    c = out["conversion"]
+    print(f"wrote {a.out}: spiking UNet, T={c['T']} ({c['bits']}-bit), {len(c['thetas'])} neuron layers, "
+          f"thresholds {min(c['thetas']):.3g}..{max(c['thetas']):.3g}{msg}")
 
 
 # ----- export-nir / import-nir ----------------------------------------------------------
@@ -276,6 +339,97 @@ def cmd_simulate(a):
     print(f"wrote {a.out}/samples.png, reference.png, spikes.h5, report.json")
 
 
+# ----- train-classifier / eval -------------------------------------------------------------
+def add_train_classifier(sub):
+    p = sub.add_parser("train-classifier", help="train the small classifier behind the offline metric of `sdm eval`",
+                       description="Train a small CNN classifier on a labelled data set (held-out split for its "
+                                   "accuracy) and store it with the data set's reference feature statistics "
+                                   "(docs/evaluation.md).")
+    p.add_argument("--data", default="mnist-bundled",
+                   help="labelled data set: mnist-bundled | mnist:DIR | fashion-mnist:DIR | cifar10:DIR")
+    p.add_argument("--out", required=True, metavar="PATH", help="e.g. runs/mnist/classifier.pt (beside model.pt)")
+    p.add_argument("--img-size", type=int, default=32, help="must equal the diffusion model's image size")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of the data held out for the accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_train_classifier)
+
+
+def cmd_train_classifier(a):
+    import torch
+
+    from sdm.train.classifier import reference_statistics, save_classifier, train_classifier
+    from sdm.train.data import load_dataset
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if not 0 < a.holdout < 1:
+        raise UserError("--holdout must be between 0 and 1")
+    if a.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ds = load_dataset(a.data, image_size=a.img_size)
+    model, info = train_classifier(ds, a.data, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                                   holdout=a.holdout, device=device)
+    ref = reference_statistics(model, ds, device=device)
+    save_classifier(a.out, model, a.data, info, ref)
+    print(f"wrote {a.out}: {a.data} {ds.channels}x{ds.image_size}x{ds.image_size}, {model.cfg.num_classes} classes, "
+          f"held-out accuracy {info['test_accuracy']:.2%} on {info['n_test']} images ({info['steps']} steps, "
+          f"{info['seconds']:.1f} s); reference statistics of {ref['n']} images")
+
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="sample a model and score the samples (classifier FID, confidence, FID/IS)",
+                       description="Generate N samples and report the offline metric (FID in the feature space of "
+                                   "the project's classifier, its confidence) and, with --inception-weights, standard "
+                                   "FID and Inception Score (docs/evaluation.md).")
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("-n", "--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses all)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance: theta' = S * theta")
+    p.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA weights exist")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--classifier", metavar="PATH", help="classifier checkpoint (default: classifier.pt beside MODEL.pt)")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="local torch-fidelity InceptionV3 weights: adds standard FID and IS")
+    p.add_argument("--ref-n", type=int, help="data set images for the Inception reference statistics (default: all)")
+    p.add_argument("--data", help="reference data set (default: the model's training data)")
+    p.add_argument("--json", metavar="OUT.json", help="write all numbers and settings here")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(a):
+    import json
+
+    import torch
+
+    from sdm.train.evaluate import evaluate, format_table
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.ref_n is not None and a.ref_n < 2:
+        raise UserError("--ref-n must be >= 2")
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    r = evaluate(a.model, n=a.n, sampler=a.sampler, steps=a.steps, eta=a.eta, threshold_scale=a.threshold_scale,
+                 use_ema=not a.no_ema, seed=a.seed, batch_size=a.batch_size, classifier=a.classifier,
+                 inception_weights=a.inception_weights, data=a.data, ref_n=a.ref_n, device=device)
+    print(format_table(r), end="")
+    if a.json:
+        from sdm.train.checkpoint import atomic_write
+
+        atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2) + "\n"))
+        print(f"wrote {a.json}")
+
+
 # ----- energy -----------------------------------------------------------------------------
 def add_energy(sub):
     p = sub.add_parser("energy", help="per-layer energy report from real firing rates",
@@ -331,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(sub)
     add_import(sub)
     add_simulate(sub)
+    add_convert(sub)
+    add_train_classifier(sub)
+    add_eval(sub)
     add_energy(sub)
     from sdm.demo import add_demo
 

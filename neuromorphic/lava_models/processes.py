@@ -48,14 +48,23 @@ class RecordingLIFReset(LIFReset):
 
     The window of a run starts at local step ``window_start`` (the layer's depth) and lasts
     ``window`` steps; ``run_length`` is the number of Lava steps of one run.
+
+    ``reset`` and ``v_init`` are the IR neuron's (``train/neuron.py``): at each window reset
+    ``u = 0, v = v_init * vth``; after a spike ``v = 0`` (``reset="zero"``, Lava's LIF) or
+    ``v = v - vth`` (``reset="subtract"``, converted models).
     """
 
-    def __init__(self, *, window_start: int, window: int, run_length: int, probe: str = "", **kwargs):
+    def __init__(self, *, window_start: int, window: int, run_length: int, probe: str = "",
+                 reset: str = "zero", v_init: float = 0.0, **kwargs):
+        if reset not in ("zero", "subtract"):
+            raise ValueError(f"reset must be zero or subtract, got {reset!r}")
         super().__init__(**kwargs)
         self.proc_params["window_start"] = window_start
         self.proc_params["window"] = window
         self.proc_params["run_length"] = run_length
         self.proc_params["probe"] = probe
+        self.proc_params["reset"] = reset
+        self.proc_params["v_init"] = float(v_init)
 
 
 class _RecordingMixin:
@@ -70,9 +79,24 @@ class _RecordingMixin:
         self.window = proc_params["window"]
         self.run_length = proc_params["run_length"]
         self.probe = open_probe(proc_params["probe"]) if proc_params["probe"] else None
+        self.subtract = proc_params.get("reset", "zero") == "subtract"
+        self.v_init = proc_params.get("v_init", 0.0)
 
     def _before_dynamics(self):
         pass
+
+    def _threshold(self):
+        """The threshold ``v`` is compared with (state units)."""
+        return self.vth
+
+    def _window_reset(self):
+        self.u *= 0
+        self.v *= 0
+        if self.v_init:
+            self.v += self._start_voltage()
+
+    def _start_voltage(self):
+        return self.v_init * self._threshold()
 
     def _record(self, s_out):
         if self.probe is None:
@@ -83,13 +107,15 @@ class _RecordingMixin:
 
     def run_spk(self):
         a_in = self.a_in.recv()
-        if (self.time_step % self.reset_interval) == self.reset_offset:
-            self.u *= 0
-            self.v *= 0
         self._before_dynamics()
+        if (self.time_step % self.reset_interval) == self.reset_offset:
+            self._window_reset()
         self.subthr_dynamics(activation_in=a_in)
         s_out = self.spiking_activation()
-        self.reset_voltage(spike_vector=s_out)
+        if self.subtract:
+            self.v[s_out] -= self._threshold()
+        else:
+            self.reset_voltage(spike_vector=s_out)
         self._record(s_out)
         self.s_out.send(s_out)
 
@@ -129,6 +155,12 @@ class PyRecordingLIFResetFixed(_RecordingMixin, AbstractPyLifModelFixed):
 
     def spiking_activation(self):
         return self.v > self.effective_vth
+
+    def _threshold(self):
+        return self.effective_vth
+
+    def _start_voltage(self):
+        return int(round(self.v_init * self.effective_vth))
 
     def _before_dynamics(self):
         # bias is rescaled every step because it is set between runs

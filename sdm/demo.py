@@ -30,9 +30,7 @@ def add_demo(sub):
     p.add_argument("-n", type=int, default=36, help="samples in the grid")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the grid")
     p.add_argument("--lava-steps", type=int, default=2, help="denoising steps simulated in Lava (0: skip)")
-    p.add_argument("--ema", action="store_true",
-                   help="use the checkpoint's EMA weights (the committed demo model was trained before EMA "
-                        "warm-up existed, so its EMA still carries the random initialisation: off by default)")
+    p.add_argument("--no-ema", action="store_true", help="use the checkpoint's raw weights instead of its EMA")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=run_demo)
 
@@ -61,7 +59,7 @@ def run_demo(a) -> None:
         print(f"      loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}, {summary['images_per_s']:.1f} img/s")
     else:
         print(f"[1/5] model: {model_path}")
-    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=a.ema)
+    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=not a.no_ema)
     cfg = model.cfg
     print(f"      {cfg.img_size}x{cfg.img_size}x{cfg.img_ch}, ch {cfg.ch}, ch_mult {list(cfg.ch_mult)}, "
           f"T={cfg.T}, trained {ckpt.get('step', '?')} steps on {ckpt.get('data', {}).get('spec', '?')}")
@@ -75,7 +73,7 @@ def run_demo(a) -> None:
     from sdm.export.api import export_checkpoint, import_nir
     from sdm.export.verify import compare
 
-    s = export_checkpoint(model_path, out / "demo.nir", dtype="float64", use_ema=a.ema)
+    s = export_checkpoint(model_path, out / "demo.nir", dtype="float64", use_ema=not a.no_ema)
     den = import_nir(out / "demo.nir", dtype="float64")
     g = torch.Generator().manual_seed(1)
     xt = torch.randn(2, cfg.img_ch, cfg.img_size, cfg.img_size, generator=g, dtype=torch.float64)
@@ -102,7 +100,7 @@ def run_demo(a) -> None:
     print("[5/5] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
     from sdm.energy.report import energy_report, format_table, plot
 
-    rep = energy_report(model_path, denoise_steps=4, n=4, use_ema=a.ema)
+    rep = energy_report(model_path, denoise_steps=4, n=4, use_ema=not a.no_ema)
     table = format_table(rep)
     (out / "energy.txt").write_text(table)
     print(table)

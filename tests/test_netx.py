@@ -17,24 +17,11 @@ pytest.importorskip("lava.lib.dl.netx")
 from sdm.neuromorphic.builder import lava_conv_weight  # noqa: E402
 from sdm.neuromorphic.netx_export import (NetxExportError, NetxPlan, first_layer_current, is_sequential,  # noqa: E402
                                           run_netx, write_netx_hdf5)
+from test_export import randomise  # noqa: E402  (trained-looking BatchNorm statistics)
 
 T = 4
 # three IF groups: netx gets an input layer and two conv layers, one of them strided
 CFG = CNNConfig(img_size=8, channels=(4, 6, 8, 8), strides=(1, 2, 1), T=T)
-
-
-def randomise(model, seed=0):
-    """Trained-looking BatchNorm statistics (as in test_export), so that folding is exercised
-    and every layer spikes."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.6 - 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

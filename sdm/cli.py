@@ -189,7 +189,8 @@ def add_convert(sub):
     p.add_argument("--no-ema", action="store_true", help="convert raw weights even if EMA weights exist")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="block-wise fine-tuning steps per block (MSE to the quantised ANN's block outputs)")
-    p.add_argument("--finetune-lr", type=float, default=1e-6)
+    p.add_argument("--finetune-lr", type=float, default=1e-4,
+                   help="Adam learning rate of the fine-tuning (1e-6 barely moves a 2-bit UNet: docs/conversion.md)")
     p.add_argument("--data", help="training data for fine-tuning (default: the QANN's training data)")
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
     p.add_argument("--seed", type=int, default=0)
@@ -213,9 +214,11 @@ def cmd_convert(a):
     if a.finetune_steps:
         from sdm.train.conversion import finetune_from_checkpoints
 
-        losses = finetune_from_checkpoints(ckpt, out, a.finetune_steps, lr=a.finetune_lr, data=a.data,
-                                           batch_size=a.batch_size, seed=a.seed, use_ema=not a.no_ema)
-        msg = f", fine-tuned {len(losses)} blocks x {a.finetune_steps} steps (last block mse {losses[-1]:.3e})"
+        block_mse = finetune_from_checkpoints(ckpt, out, a.finetune_steps, lr=a.finetune_lr, data=a.data,
+                                              batch_size=a.batch_size, seed=a.seed, use_ema=not a.no_ema)
+        before, after = (sum(col) / len(col) for col in zip(*block_mse))
+        msg = (f", fine-tuned {len(block_mse)} blocks x {a.finetune_steps} steps "
+               f"(mean block mse {before:.3e} -> {after:.3e})")
     save_checkpoint(a.out, out)
     c = out["conversion"]
     print(f"wrote {a.out}: spiking UNet, T={c['T']} ({c['bits']}-bit), {len(c['thetas'])} neuron layers, "

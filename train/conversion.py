@@ -164,24 +164,30 @@ def _block_io(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> list[tuple[
     return records
 
 
-def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int, lr: float = 1e-6,
-                    generator: torch.Generator | None = None, progress: bool = False) -> list[float]:
+def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int, lr: float = 1e-4,
+                    generator: torch.Generator | None = None, progress: bool = False) -> list[tuple[float, float]]:
     """Block-wise fine-tuning (reference SNN_ft): for each block, ``steps`` Adam steps on
     ``MSE(mean_t SNN_block(s_in), QANN_block(mean_t s_in))`` where ``s_in`` is the SNN's own input to
-    that block on noisy training images.  BatchNorm stays in eval mode.  Returns the last loss per block."""
+    that block on noisy training images.  BatchNorm stays in eval mode.
+
+    Returns, per block, the mean MSE over its first and over its last ``min(10, steps)`` steps: single
+    batches are too noisy to show whether a block improved."""
+    from tqdm.auto import tqdm
+
     snn.eval()
     qann.eval()
     snn_blocks = [*snn.down, *snn.middle, *snn.up]
     qann_blocks = [*qann.down, *qann.middle, *qann.up]
-    losses = []
+    window = min(10, steps)
+    result = []
+    bar = tqdm(total=steps * len(snn_blocks), desc="fine-tune", disable=not progress, dynamic_ncols=True)
     for i, (sb, qb) in enumerate(zip(snn_blocks, qann_blocks)):
         params = [p for p in sb.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
-        loss = torch.tensor(0.0)
+        history = []
         for _ in range(steps):
             x0 = next(data)
-            tt = torch.randint(0, diffusion.steps, (x0.shape[0],),
-                               generator=generator)
+            tt = torch.randint(0, diffusion.steps, (x0.shape[0],), generator=generator)
             noise = torch.randn(x0.shape, generator=generator)
             xt = diffusion.q_sample(x0, tt, noise)
             rec = _block_io(snn, xt, tt)
@@ -194,15 +200,20 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        losses.append(float(loss.detach()))
+            history.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(block=f"{i + 1}/{len(snn_blocks)}", mse=f"{history[-1]:.3e}")
+        before, after = sum(history[:window]) / window, sum(history[-window:]) / window
+        result.append((before, after))
         if progress:
-            print(f"  block {i + 1}/{len(snn_blocks)}: mse {float(loss.detach()):.3e}")
-    return losses
+            bar.write(f"  block {i + 1}/{len(snn_blocks)}: mse {before:.3e} -> {after:.3e}")
+    bar.close()
+    return result
 
 
-def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: float = 1e-6,
+def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: float = 1e-4,
                               data: str | None = None, batch_size: int = 16, seed: int = 0,
-                              use_ema: bool = True, progress: bool = True) -> list[float]:
+                              use_ema: bool = True, progress: bool = True) -> list[tuple[float, float]]:
     """Fine-tune the converted checkpoint ``snn_ckpt`` in place (its ``model`` weights) block by block."""
     from .data import infinite_loader, load_dataset
     from .diffusion import GaussianDiffusion, ScheduleConfig
@@ -219,13 +230,14 @@ def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: f
     dataset = load_dataset(spec, image_size=qcfg.img_size)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    losses = finetune_blocks(snn, qann, infinite_loader(dataset, batch_size, seed=seed),
+    block_mse = finetune_blocks(snn, qann, infinite_loader(dataset, batch_size, seed=seed),
                              GaussianDiffusion(ScheduleConfig(**snn_ckpt.get("diffusion", {}))), steps, lr=lr,
                              generator=gen, progress=progress)
     snn_ckpt["model"] = snn.state_dict()
     snn_ckpt["conversion"]["finetune"] = {"steps_per_block": steps, "lr": lr, "data": spec,
-                                          "block_mse": losses, "seconds": time.perf_counter() - t0}
-    return losses
+                                          "block_mse_first_last": [list(m) for m in block_mse],
+                                          "seconds": time.perf_counter() - t0}
+    return block_mse
 
 
 __all__ = ["finetune_from_checkpoints", "QuantReLU", "quant_level", "convert_qann", "finetune_blocks", "neuron_slots", "ConversionError",

@@ -394,7 +394,11 @@ def test_interrupt_inside_a_var_set_leaves_no_processes(small_graph):
 
 
 CTRL_C_SCRIPT = """
-import sys, warnings
+import signal, sys, warnings
+# As in an interactive terminal: Python only installs its KeyboardInterrupt handler when SIGINT is not
+# ignored at start-up, and a test run started in the background (nohup, CI runners, `make test &`)
+# passes an ignored SIGINT down to every child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {tests!r})
 import numpy as np, torch

@@ -9,11 +9,13 @@ One run measures, for the same network:
   the original ``SpikingUNet`` eval forward, batch 1, median of several calls;
 * the ratio Lava / PyTorch per image (a Lava call on a pipelined batch of B images counts B).
 
-``--conv stock`` (or ``--stock-conv``) runs Lava's stock ``PyConvModelFloat`` instead of the
-project's im2col model, ``--conv both`` runs both and reports the speedup.
+``--conv`` picks the Lava conv process models to time, a comma list of ``fast`` (the project's
+im2col model with window gating, docs/lava-mapping.md), ``ungated`` (the same model computing every
+step) and ``stock`` (Lava's ``PyConvModelFloat``); the default ``fast,ungated`` shows what the
+gating gains, ``both`` means ``fast,stock``. Every run after the first reports fast's speedup over it.
 
     python bench/lava_step.py                      # demo-sized random model, batch 1
-    python bench/lava_step.py --batch 4 --conv both
+    python bench/lava_step.py --batch 4 --conv fast,stock
     python bench/lava_step.py --model out/model.nir --calls 4
 """
 
@@ -27,6 +29,9 @@ import time
 import warnings
 
 
+CONV_MODELS = ("fast", "ungated", "stock")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="NIR file of a denoiser (default: a randomised demo-sized SpikingUNet)")
@@ -34,13 +39,15 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=5, help="Lava denoiser calls, the first one compiles")
     p.add_argument("--torch-calls", type=int, default=10, help="timed PyTorch calls (after 2 warm-up calls)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the PyTorch timings")
-    p.add_argument("--conv", choices=("fast", "stock", "both"), default="fast",
-                   help="Lava conv process model: the project's im2col model, Lava's stock one, or both")
+    p.add_argument("--conv", default="fast,ungated",
+                   help="comma list of Lava conv process models: fast (im2col + window gating), ungated "
+                        "(im2col, every step), stock (Lava's own); 'both' = fast,stock")
     p.add_argument("--stock-conv", action="store_true", help="same as --conv stock")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if a.stock_conv:
-        a.conv = "stock"
+    a.conv = ["stock"] if a.stock_conv else ("fast,stock" if a.conv == "both" else a.conv).split(",")
+    if not a.conv or any(c not in CONV_MODELS for c in a.conv):
+        p.error(f"--conv: a comma list of {', '.join(CONV_MODELS)}")
     if a.calls < 2 or a.batch < 1 or a.torch_calls < 1 or a.threads < 1:
         p.error("--calls must be >= 2, --batch, --torch-calls and --threads >= 1")
     return a
@@ -148,6 +155,12 @@ def lava_run(graph, conv: str, args) -> dict:
     ref.record = True
     res = dict(conv=conv, call_s=[], mismatches=0, spikes=0, eps_err=0.0)
     sim = LavaDenoiser(graph, batch=B, record_spikes=True)
+    if conv == "ungated":  # the fast model without its read window computes every step
+        from lava.proc.conv.process import Conv
+
+        for p in sim.net.procs.values():
+            if isinstance(p, Conv):
+                p.proc_params.overwrite("read_window", None)
     if conv == "stock":
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.models import PyConvModelFloat
@@ -199,7 +212,7 @@ def main(args) -> int:
     print(f"model: {desc}", file=sys.stderr)
     print(f"PyTorch timings ({args.threads} threads, batch 1) ...", file=sys.stderr, flush=True)
     pt = torch_timings(graph, model, args)
-    runs = [lava_run(graph, conv, args) for conv in (("fast", "stock") if args.conv == "both" else (args.conv,))]
+    runs = [lava_run(graph, conv, args) for conv in args.conv]
 
     B = args.batch
     print()
@@ -232,10 +245,9 @@ def main(args) -> int:
                      f"{med * 1e3:.2f} ms  (min {best * 1e3:.2f} ms)"))
     if model is None:
         rows.append(("PyTorch SpikingUNet eval forward", "n/a (--model: no PyTorch module)"))
-    if len(runs) == 2:
-        fast, stock = runs
-        rows.append(("speedup of the fast conv model (stock / fast per call)",
-                     f"{stock['call_median_s'] / fast['call_median_s']:.1f}x"))
+    for other in runs[1:]:
+        rows.append((f"speedup of {runs[0]['conv']} over {other['conv']} ({other['conv']} / {runs[0]['conv']} per call)",
+                     f"{other['call_median_s'] / runs[0]['call_median_s']:.2f}x"))
     rows.append(("bench wall time", f"{time.perf_counter() - t_start:.0f} s"))
     rows.append(("load average at start / end (other work skews timings)",
                  f"{load0:.1f} / {os.getloadavg()[0]:.1f}"))

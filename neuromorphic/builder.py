@@ -159,6 +159,8 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
             procs[name] = LavaConv(weight=lava_conv_weight(w), weight_exp=exp, input_shape=chw_shape(node.in_shape),
                                    padding=node.padding, stride=node.stride,
                                    num_message_bits=0 if spiking_in else 24, name=name)
+            # the steps whose output the consumers read (after alignment): the fast conv model skips the rest
+            procs[name].proc_params["read_window"] = (d[name], window, run_length)
         elif isinstance(node, IFNeurons):
             th = node.threshold
             if not np.all(th == th.flat[0]):

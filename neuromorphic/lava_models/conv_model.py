@@ -53,13 +53,30 @@ class _FastConvBase(PyLoihiProcessModel):
         if np.any(self.dilation != 1) or self.groups[0] != 1:
             raise NotImplementedError("fast conv model: dilation 1 and groups 1 only")
         self._wmat = correlation_weight(np.asarray(self.weight, dtype=self._dtype))
-        self._buf = np.zeros(self.a_out.shape, dtype=self._dtype)
+        self._zeros = self._buf = np.zeros(self.a_out.shape, dtype=self._dtype)
+        # (first step, steps, run length) of the output window the consumers read, if the builder gave one
+        try:
+            self._read_window = self.proc_params["read_window"]
+        except KeyError:
+            self._read_window = None
+
+    def _output_unread(self) -> bool:
+        """Whether what this step computes (sent next step) falls outside the window any consumer reads."""
+        if self._read_window is None:
+            return False
+        start, length, run_length = self._read_window
+        nxt = self.time_step % run_length  # local step (0-based) at which this step's result is sent
+        return not start <= nxt < start + length
 
     def run_spk(self) -> None:
         if not hasattr(self, "_wmat"):
             self._setup()
         self.a_out.send(self._buf)
         s_in = self.s_in.recv()
+        if self._output_unread():
+            # event-driven shortcut: nobody reads this result, so skip the product (zeros instead)
+            self._buf = self._zeros
+            return
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)
         y = conv_whc(s_in.astype(self._dtype), self._wmat, self.kernel_size, self.stride, self.padding)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -38,6 +39,9 @@ TARGET_TRAIN_RATIO = 3.0
 def _import_spikingjelly_build():
     """Import the baseline quietly (spikingjelly prints dataset-toolbox notices on import)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    if importlib.util.find_spec("spikingjelly") is None:
+        sys.exit("bench/train_throughput.py: spikingjelly is not installed; `make bench` installs it "
+                 "(pip install --no-deps -r requirements-bench.lock)")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         import sj_unet  # noqa: E402

@@ -185,19 +185,13 @@ def test_unet_conversion_per_layer():
 
 
 def _block_errors(snn, qann, xt, tt):
-    """Per block: MSE between the SNN block's step-mean output and the quantised ANN block's output
-    on the same (step-mean) input, the SNN's own input to that block (the fine-tuning objective)."""
-    from sdm.train.conversion import _block_io
+    """Per block, on a fixed batch: the fine-tuning objective, each SNN block on its own input."""
+    from sdm.train.conversion import _block_io, block_mismatch
 
     with torch.no_grad():
-        rec = dict((id(m), v) for m, v in _block_io(snn, xt, tt))
-        errors = []
-        for sb, qb in zip([*snn.down, *snn.middle, *snn.up], [*qann.down, *qann.middle, *qann.up]):
-            inp = rec[id(sb)]
-            out = sb(inp, snn.time_embedding(tt)).mean(0)
-            errors.append(float(torch.nn.functional.mse_loss(out, qb(inp.mean(0, keepdim=True),
-                                                                       qann.time_embedding(tt))[0])))
-    return errors
+        inputs = {id(m): v for m, v in _block_io(snn, xt, tt)}
+        return [float(block_mismatch(snn, qann, sb, qb, inputs[id(sb)], tt))
+                for sb, qb in zip([*snn.down, *snn.middle, *snn.up], [*qann.down, *qann.middle, *qann.up])]
 
 
 def test_blockwise_finetuning_lowers_block_error():
@@ -225,6 +219,8 @@ def test_blockwise_finetuning_lowers_block_error():
     # the quantised ANN is only the teacher; the thresholds (folded into the weights) stay as converted
     assert all(torch.equal(qann_before[k], v) for k, v in qann.state_dict().items())
     assert [a.theta for _, a, _ in neuron_slots(snn)] == ckpt["model_config"]["thetas"]
+    with pytest.raises(ValueError, match="at least one step"):
+        finetune_blocks(snn, qann, images, diffusion, steps=0)
 
 
 # ----- ANN baseline ---------------------------------------------------------------------

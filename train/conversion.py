@@ -164,6 +164,17 @@ def _block_io(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> list[tuple[
     return records
 
 
+def block_mismatch(snn: nn.Module, qann: nn.Module, snn_block: nn.Module, qann_block: nn.Module,
+                   inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``MSE(mean_t snn_block(inp), qann_block(mean_t inp))``: how far a converted block's rate output is
+    from the quantised ANN block on the same input (``inp`` is ``[T, B, ...]``, the SNN's own input to the
+    block); differentiable in the SNN block's parameters only."""
+    with torch.no_grad():
+        target = qann_block(inp.mean(0, keepdim=True), qann.time_embedding(t))[0]
+    out = snn_block(inp, snn.time_embedding(t).detach()).mean(0)
+    return torch.nn.functional.mse_loss(out, target)
+
+
 def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int, lr: float = 1e-4,
                     generator: torch.Generator | None = None, progress: bool = False) -> list[tuple[float, float]]:
     """Block-wise fine-tuning (reference SNN_ft): for each block, ``steps`` Adam steps on
@@ -174,6 +185,8 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
     batches are too noisy to show whether a block improved."""
     from tqdm.auto import tqdm
 
+    if steps < 1:
+        raise ValueError(f"fine-tuning needs at least one step per block, got {steps}")
     snn.eval()
     qann.eval()
     snn_blocks = [*snn.down, *snn.middle, *snn.up]
@@ -190,13 +203,8 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
             tt = torch.randint(0, diffusion.steps, (x0.shape[0],), generator=generator)
             noise = torch.randn(x0.shape, generator=generator)
             xt = diffusion.q_sample(x0, tt, noise)
-            rec = _block_io(snn, xt, tt)
-            inp = next(v for m, v in rec if m is sb)
-            temb_s = snn.time_embedding(tt).detach()
-            with torch.no_grad():
-                target = qb(inp.mean(0, keepdim=True), qann.time_embedding(tt))[0]
-            out = sb(inp, temb_s).mean(0)
-            loss = torch.nn.functional.mse_loss(out, target)
+            inp = next(v for m, v in _block_io(snn, xt, tt) if m is sb)
+            loss = block_mismatch(snn, qann, sb, qb, inp, tt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -231,8 +239,8 @@ def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: f
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     block_mse = finetune_blocks(snn, qann, infinite_loader(dataset, batch_size, seed=seed),
-                             GaussianDiffusion(ScheduleConfig(**snn_ckpt.get("diffusion", {}))), steps, lr=lr,
-                             generator=gen, progress=progress)
+                                GaussianDiffusion(ScheduleConfig(**snn_ckpt.get("diffusion", {}))), steps, lr=lr,
+                                generator=gen, progress=progress)
     snn_ckpt["model"] = snn.state_dict()
     snn_ckpt["conversion"]["finetune"] = {"steps_per_block": steps, "lr": lr, "data": spec,
                                           "block_mse_first_last": [list(m) for m in block_mse],
@@ -240,5 +248,6 @@ def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: f
     return block_mse
 
 
-__all__ = ["finetune_from_checkpoints", "QuantReLU", "quant_level", "convert_qann", "finetune_blocks", "neuron_slots", "ConversionError",
+__all__ = ["finetune_from_checkpoints", "QuantReLU", "quant_level", "convert_qann", "finetune_blocks", "block_mismatch",
+           "neuron_slots", "ConversionError",
            "QANN_ALPHA_INIT", "NEURON_TO_CONV"]

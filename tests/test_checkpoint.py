@@ -132,7 +132,7 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path, payload_cls, disguis
 
     msg = refused(path, "unsafe")
     assert not sentinel.exists(), "loading the checkpoint ran the pickle's code"
-    assert "refused" in msg
+    assert "refused" in msg and "GLOBAL" in msg  # names what it would have imported
 
     # control: the payload is live, so the refusal above is what kept it from running
     torch.load(path, weights_only=False)
@@ -150,19 +150,25 @@ def test_random_bytes(tmp_path):
     path = tmp_path / "noise.pt"
     path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
                                    dtype=torch.uint8).numpy().tobytes())
-    refused(path)
+    assert "unsafe" not in refused(path, "not a checkpoint")
 
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.pt"
     path.write_bytes(b"")
-    refused(path)
+    refused(path, "not a checkpoint")
 
 
 def test_json_file(tmp_path):
     path = tmp_path / "model.pt"
     path.write_text(json.dumps({"format": "sdm-checkpoint", "model": {}}, indent=2))
-    refused(path)
+    assert "unsafe" not in refused(path, "not a checkpoint")
+
+
+def test_garbage_after_a_pickle_header(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x02garbage")
+    assert "unsafe" not in refused(path, "not a checkpoint")
 
 
 def test_plain_pickle_of_safe_data_is_not_a_checkpoint(tmp_path):

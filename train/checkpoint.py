@@ -54,6 +54,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle (protocol >= 2 starts with 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint; every failure is a one-line :class:`CheckpointError`."""
     path = Path(path)
@@ -61,15 +68,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a model.pt checkpoint")
+    if not _looks_like_torch_save(path):
+        raise CheckpointError(f"{path}: not a checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
-            raise CheckpointError(
-                f"{path}: refused to load: the file contains Python objects that are not plain data "
-                f"(unsafe pickle); {first[:160]}") from None
-        raise CheckpointError(f"{path}: not a checkpoint (unreadable pickle: {first[:160]})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        if blocked is not None:  # the pickle wants to import something: what an attack looks like
+            raise CheckpointError(f"{path}: refused to load: the file contains Python objects that are not "
+                                  f"plain data (unsafe pickle: {blocked[:160]})") from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[-1])
+        raise CheckpointError(f"{path}: not a checkpoint (unreadable pickle: {detail[:160]})") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({msg[:160]})") from None

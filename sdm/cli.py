@@ -35,8 +35,8 @@ def _ints(text: str) -> list[int]:
 # ----- train ----------------------------------------------------------------------------
 MODEL_FLAGS = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks", "T": "T",
                "img_size": "img_size"}
-TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "seed", "ckpt_every", "grad_clip", "warmup",
-               "precision")
+TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "ema_bn_batches", "seed", "ckpt_every",
+               "grad_clip", "warmup", "precision")
 
 
 def add_train(sub):
@@ -51,6 +51,9 @@ def add_train(sub):
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ema-decay", type=float, help="EMA decay, 0 = off")
+    p.add_argument("--ema-bn-batches", type=int,
+                   help="training batches that recompute the EMA weights' BatchNorm statistics at each "
+                        "checkpoint (default 8; 0 = copy the raw model's)")
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--warmup", type=int)
     p.add_argument("--seed", type=int)

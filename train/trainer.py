@@ -27,6 +27,7 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import infinite_loader, load_dataset
 from .diffusion import GaussianDiffusion, ScheduleConfig
+from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
 from .unet import SpikingUNet, UNetConfig
 
 
@@ -38,6 +39,7 @@ class TrainConfig:
     lr: float = 2e-4
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
+    ema_bn_batches: int = 8  # batches that recompute the EMA network's BatchNorm statistics at each save
     warmup: int = 0  # linear LR warm-up steps
     seed: int = 42
     ckpt_every: int = 500
@@ -47,7 +49,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1:
+        if (self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1
+                or self.ema_bn_batches < 0):
             raise ValueError(f"invalid training config: {self}")
 
     @classmethod
@@ -105,19 +108,16 @@ def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), dev
 
 
-# ----- EMA ------------------------------------------------------------------------------
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """EMA warm-up: ``min(decay, (1 + step) / (10 + step))``, so that the average is not
-    dominated by the random initial weights for the first ~1/(1 - decay) steps."""
-    return min(decay, (1.0 + step) / (10.0 + step))
+def _noisy_batches(dataset, diffusion: GaussianDiffusion, cfg: TrainConfig, step: int, dev: torch.device):
+    """The training distribution (x_t at uniform t) for BatchNorm recalibration, drawn from a
+    generator of its own that depends only on (seed, step)."""
+    gen = torch.Generator().manual_seed((cfg.seed * 7_919 + 17) * 10_000_019 + step)
+    for _ in range(cfg.ema_bn_batches):
+        index = torch.randint(len(dataset), (cfg.batch_size,), generator=gen)
+        x0 = torch.stack([dataset[int(i)] for i in index])
+        t = torch.randint(0, diffusion.steps, (cfg.batch_size,), generator=gen)
+        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
+        yield x_t.to(dev), t.to(dev)
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -222,6 +222,15 @@ def train(
     gen = torch.Generator(device=dev)
     use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and dev.type == "cuda")
 
+    def ema_weights(step: int) -> dict[str, torch.Tensor] | None:
+        if ema is None:
+            return None
+        if train_cfg.ema_bn_batches == 0:
+            return ema.state_dict()
+        averaged = copy.deepcopy(ema)  # the running EMA keeps its copied buffers: resume stays exact
+        recalibrate_batchnorm(averaged, _noisy_batches(dataset, diffusion, train_cfg, step, dev))
+        return averaged.state_dict()
+
     def snapshot(step: int) -> dict[str, Any]:
         return {
             "model_config": model.cfg.to_dict(),
@@ -229,7 +238,7 @@ def train(
             "diffusion": dataclasses.asdict(schedule),
             "stage": stage,
             "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
+            "ema": ema_weights(step),
             "optimizer": optimizer.state_dict(),
             "step": step,
             "history": history,

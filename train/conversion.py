@@ -199,10 +199,7 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
         opt = torch.optim.Adam(params, lr=lr)
         history = []
         for _ in range(steps):
-            x0 = next(data)
-            tt = torch.randint(0, diffusion.steps, (x0.shape[0],), generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            xt = diffusion.q_sample(x0, tt, noise)
+            xt, tt, _ = diffusion.diffuse(next(data), generator)
             inp = next(v for m, v in _block_io(snn, xt, tt) if m is sb)
             loss = block_mismatch(snn, qann, sb, qb, inp, tt)
             opt.zero_grad(set_to_none=True)

@@ -64,11 +64,16 @@ class GaussianDiffusion:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self._gather(self.abar.sqrt(), t, x0) * x0 + self._gather((1 - self.abar).sqrt(), t, x0) * noise
 
-    def loss(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """epsilon-prediction MSE at uniformly drawn t."""
+    def diffuse(self, x0: torch.Tensor, generator: torch.Generator | None = None):
+        """A training input: ``(x_t, t, noise)`` at uniformly drawn t (t drawn first, then noise)."""
         t = torch.randint(0, self.steps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        return F.mse_loss(denoiser(self.q_sample(x0, t, noise), t), noise)
+        return self.q_sample(x0, t, noise), t, noise
+
+    def loss(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """epsilon-prediction MSE at uniformly drawn t."""
+        x_t, t, noise = self.diffuse(x0, generator)
+        return F.mse_loss(denoiser(x_t, t), noise)
 
     # ----- sampling -------------------------------------------------------------------
     def predict_x0(self, x_t, t, eps, clip: bool) -> torch.Tensor:

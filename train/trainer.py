@@ -109,14 +109,12 @@ def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
 
 
 def _noisy_batches(dataset, diffusion: GaussianDiffusion, cfg: TrainConfig, step: int, dev: torch.device):
-    """The training distribution (x_t at uniform t) for BatchNorm recalibration, drawn from a
-    generator of its own that depends only on (seed, step)."""
-    gen = torch.Generator().manual_seed((cfg.seed * 7_919 + 17) * 10_000_019 + step)
-    for _ in range(cfg.ema_bn_batches):
-        index = torch.randint(len(dataset), (cfg.batch_size,), generator=gen)
-        x0 = torch.stack([dataset[int(i)] for i in index])
-        t = torch.randint(0, diffusion.steps, (cfg.batch_size,), generator=gen)
-        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
+    """The training distribution (x_t at uniform t) for BatchNorm recalibration: a data stream
+    and a generator of their own that depend only on (seed, step)."""
+    seed = cfg.seed * 10_000_019 + step + 1
+    gen = torch.Generator().manual_seed(seed)
+    for _, x0 in zip(range(cfg.ema_bn_batches), infinite_loader(dataset, cfg.batch_size, seed=seed)):
+        x_t, t, _ = diffusion.diffuse(x0, gen)
         yield x_t.to(dev), t.to(dev)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sdm.train.checkpoint import load_checkpoint
-from sdm.train.data import load_dataset
+from sdm.train.data import infinite_loader, load_dataset
 from sdm.train.diffusion import GaussianDiffusion
 from sdm.train.ema import ema_decay_at, ema_update, recalibrate_batchnorm
 from sdm.train.layers import SeqBatchNorm2d
@@ -86,10 +86,7 @@ def test_checkpointed_ema_statistics(tmp_path, tiny_model_cfg, bn_batches):
     copied = SpikingUNet(tiny_model_cfg)
     copied.load_state_dict({**ck["ema"], **{k: ck["model"][k] for k in stats}})
     data = load_dataset("mnist-bundled", image_size=tiny_model_cfg.img_size)
-    g = torch.Generator().manual_seed(99)
-    x0 = torch.stack([data[int(i)] for i in torch.randint(len(data), (64,), generator=g)])
-    t = torch.randint(0, 1000, (64,), generator=g)
-    x = GaussianDiffusion().q_sample(x0, t, torch.randn(x0.shape, generator=g))
+    x, t, _ = GaussianDiffusion().diffuse(next(infinite_loader(data, 64, seed=99)), torch.Generator().manual_seed(99))
     means = _bn_input_means(ema, x, t)
     running_ema = [m.running_mean for m in ema.modules() if isinstance(m, SeqBatchNorm2d)]
     running_raw = [m.running_mean for m in copied.modules() if isinstance(m, SeqBatchNorm2d)]

@@ -72,7 +72,7 @@ def model_spike_counts(model: SpikingUNet, graph: SNNGraph, inputs: list[tuple[t
                 model(x, t)
                 for mod, s in current.items():
                     for name, part in _module_to_graph(graph, mod, s).items():
-                        per_call[name].append(part.sum(dim=0).mean(dim=0).double().numpy())
+                        per_call[name].append(part.abs().sum(dim=0).mean(dim=0).double().numpy())  # events: |s| (signed spikes)
     finally:
         for h in hooks:
             h.remove()

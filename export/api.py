@@ -49,7 +49,7 @@ def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike
 def graph_summary(graph: SNNGraph) -> dict:
     ext = sorted({"temporal_affine" for _ in graph.of_type(TemporalAffine)} |
                  {"upsample_nearest" for _ in graph.of_type(Upsample)} |
-                 {"if_neuron" for n in graph.of_type(IFNeurons) if n.reset != "zero" or n.v_init != 0.0})
+                 {"if_neuron" for n in graph.of_type(IFNeurons) if n.reset != "zero" or n.v_init != 0.0 or n.signed})
     return {"nodes": len(graph.nodes), "edges": len(graph.edges), "parameters": graph.num_parameters(),
             "neurons": sum(int(np.prod(n.shape)) for n in graph.of_type(IFNeurons)),
             "neuron_groups": sum(1 for _ in graph.of_type(IFNeurons)), "extensions": ext, "T": graph.host.T}

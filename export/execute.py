@@ -90,7 +90,7 @@ class GraphModule(nn.Module):
             elif isinstance(node, IFNeurons):
                 th = self._uniform_threshold.get(name)
                 th = th * self.threshold_scale if th is not None else self._params[key + "__th"] * self.threshold_scale
-                out = multistep_if(inp, th, node.decay, reset=node.reset, v_init=node.v_init)
+                out = multistep_if(inp, th, node.decay, reset=node.reset, v_init=node.v_init, signed=node.signed)
                 if self.record:
                     self.spikes[name] = out
             elif isinstance(node, Upsample):

@@ -123,12 +123,18 @@ class IFNeurons(Node):
         h[n] = decay * v[n-1] + I[n];  s[n] = (h[n] >= threshold);  v[-1] = v_init * threshold
         v[n] = h[n] * (1 - s[n])             reset = "zero" (default)
         v[n] = h[n] - threshold * s[n]       reset = "subtract" (converted models)
+
+    ``signed`` (subtractive reset only) adds inhibitory spikes, with ``c`` the net spike count::
+
+        s-[n] = (h[n] - threshold * s[n] <= -1e-3) and (c[n-1] + s[n] > 0)
+        v[n] += threshold * s-[n];  c[n] = c[n-1] + s[n] - s-[n];  output s[n] - s-[n]
     """
 
     threshold: np.ndarray  # (C, H, W)
     decay: float = 1.0
     reset: str = "zero"
     v_init: float = 0.0  # fraction of the threshold
+    signed: bool = False
 
     def __post_init__(self):
         if self.threshold.ndim != 3 or not np.all(self.threshold > 0):
@@ -137,6 +143,8 @@ class IFNeurons(Node):
             raise ValueError(f"{self.name}: decay must be in (0, 1], got {self.decay}")
         if self.reset not in ("zero", "subtract"):
             raise ValueError(f"{self.name}: reset must be zero or subtract, got {self.reset!r}")
+        if self.signed and self.reset != "subtract":
+            raise ValueError(f"{self.name}: signed spikes need reset = subtract")
 
     @property
     def shape(self) -> Shape:

@@ -66,7 +66,8 @@ class _Builder:
         mod = self.named.get(name) or self.named.get(name.rsplit(".", 1)[0])
         theta = mod.theta * self.threshold_scale if hasattr(mod, "theta") else self.theta
         return self.add(IFNeurons(name, np.full(shape, theta, dtype=self.dtype), decay=self.decay,
-                                  reset=getattr(mod, "reset", "zero"), v_init=getattr(mod, "v_init", 0.0)), source)
+                                  reset=getattr(mod, "reset", "zero"), v_init=getattr(mod, "v_init", 0.0),
+                                  signed=getattr(mod, "signed", False)), source)
 
     def conv_stage(self, prefix: str, conv: TSMConv2d, bn: nn.BatchNorm2d | None,
                    parts: list[tuple[str, str]]) -> list[str]:

@@ -121,14 +121,17 @@ def to_nir(graph: SNNGraph):
         elif isinstance(node, Conv):
             nodes[name] = nir.Conv2d(input_shape=node.in_shape[1:], weight=node.weight, stride=node.stride,
                                      padding=node.padding, dilation=1, groups=1, bias=node.bias)
-        elif isinstance(node, IFNeurons) and (node.reset != "zero" or node.v_init != 0.0):
-            # NIR's IF resets to v_reset and starts at 0: subtractive reset and v_init travel as an extension
+        elif isinstance(node, IFNeurons) and (node.reset != "zero" or node.v_init != 0.0 or node.signed):
+            # NIR's IF resets to v_reset, starts at 0 and emits 0/1: subtractive reset, v_init and signed
+            # spikes travel as an extension
             used.add("if_neuron")
             nodes[name] = _guard_graph(name, node.shape, node.shape, {
                 "sdm.extension": "if_neuron", "v_threshold": node.threshold, "decay": float(node.decay),
-                "reset": node.reset, "v_init": float(node.v_init),
+                "reset": node.reset, "v_init": float(node.v_init), "signed": int(node.signed),
                 "equation": "h[n] = decay*v[n-1] + I[n]; s[n] = h[n] >= v_threshold; v[-1] = v_init*v_threshold; "
-                            "v[n] = h[n] - v_threshold*s[n] (reset=subtract) or h[n]*(1-s[n]) (reset=zero)"})
+                            "v[n] = h[n] - v_threshold*s[n] (reset=subtract) or h[n]*(1-s[n]) (reset=zero); "
+                            "signed=1: u = v[n] <= -1e-3 and c[n-1] + s[n] > 0 (c: net count), v[n] += v_threshold*u, "
+                            "output s[n] - u"})
         elif isinstance(node, IFNeurons):
             ones, zeros = np.ones_like(node.threshold), np.zeros_like(node.threshold)
             if node.decay == 1.0:
@@ -277,7 +280,8 @@ def _node_from_nir(name: str, n, path: Path) -> Node:
             reset = reset.decode() if isinstance(reset, bytes) else str(reset)
             try:
                 return IFNeurons(name, _arr(n.metadata["v_threshold"]), decay=float(n.metadata["decay"]),
-                                 reset=reset, v_init=float(n.metadata["v_init"]))
+                                 reset=reset, v_init=float(n.metadata["v_init"]),
+                                 signed=bool(int(_arr(n.metadata.get("signed", 0)))))
             except ValueError as e:
                 raise NIRFormatError(f"{where}: {e}") from None
         if ext == "upsample_nearest":

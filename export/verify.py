@@ -51,6 +51,6 @@ def compare(model: SpikingUNet, denoiser: GraphDenoiser, x: torch.Tensor, t: tor
         raise ValueError(f"neuron layers differ: model-only {sorted(set(sp_m) - set(sp_g))}, "
                          f"graph-only {sorted(set(sp_g) - set(sp_m))}")
     layers = {name: {"mismatches": int((sp_m[name] != sp_g[name].to(sp_m[name].dtype)).sum()),
-                     "spikes": int(sp_m[name].sum()), "neuron_steps": sp_m[name].numel()} for name in sp_m}
+                     "spikes": int(sp_m[name].abs().sum()), "neuron_steps": sp_m[name].numel()} for name in sp_m}
     return {"layers": layers, "total_mismatches": sum(v["mismatches"] for v in layers.values()),
             "eps_max_abs_err": float((eps_m.double() - eps_g.double()).abs().max())}

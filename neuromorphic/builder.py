@@ -6,7 +6,9 @@ node's *depth* ``d`` is the step at which its first valid input arrives: ``d(ima
 node get a :class:`DelayLine` of the difference.  Neuron group ``n`` integrates spiking
 steps ``d(n) .. d(n)+T-1`` of a call and is reset to ``v_init * vth`` (0 unless converted)
 when its window opens (``LIFReset`` with ``reset_interval = T`` and phase ``d(n)``): the
-staggered reset.  A spike resets ``v`` to 0 or, with ``reset="subtract"``, by ``vth``.
+staggered reset.  A spike resets ``v`` to 0 or, with ``reset="subtract"``, by ``vth``;
+signed neurons (converted models) also send -1 spikes, which their convs read as 2-bit graded
+spikes.
 
 Batches are pipelined: image ``b`` of a batch occupies steps ``b*T .. b*T+T-1`` of each
 layer's window, so a call on ``B`` images takes ``B*T + depth`` steps (rounded up to a
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
+from sdm.train.neuron import INHIBIT_MARGIN
 
 
 class LavaBuildError(ValueError):
@@ -59,6 +62,14 @@ def depths(graph: SNNGraph) -> dict[str, int]:
         else:
             d[name] = max(d[p] for p in preds)
     return d
+
+
+def _spike_source(graph: SNNGraph, conv: str) -> IFNeurons:
+    """The neuron group whose spikes a spiking conv reads (through an upsampling, if any)."""
+    src = graph.predecessors(conv)[0]
+    while isinstance(graph.nodes[src], Upsample):
+        src = graph.predecessors(src)[0]
+    return graph.nodes[src]
 
 
 def _is_temb(node) -> bool:
@@ -156,9 +167,10 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
         if isinstance(node, Conv):
             w, exp = (node.weight, 0) if plan is None else (plan.conv_mant[name], plan.conv_exp[name])
             spiking_in = isinstance(graph.nodes[graph.predecessors(name)[0]], (IFNeurons, Upsample))
+            # binary spikes: 0 message bits; signed spikes (-1/0/1) are 2-bit graded spikes; currents 24 bits
+            bits = (2 if _spike_source(graph, name).signed else 0) if spiking_in else 24
             procs[name] = LavaConv(weight=lava_conv_weight(w), weight_exp=exp, input_shape=chw_shape(node.in_shape),
-                                   padding=node.padding, stride=node.stride,
-                                   num_message_bits=0 if spiking_in else 24, name=name)
+                                   padding=node.padding, stride=node.stride, num_message_bits=bits, name=name)
             # the steps whose output the consumers read (after alignment): the fast conv model skips the rest
             procs[name].proc_params["read_window"] = (d[name], window, run_length)
         elif isinstance(node, IFNeurons):
@@ -177,7 +189,8 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
                 reset_interval=T, reset_offset=(d[name] + 1) % T,
                 window_start=d[name], window=window, run_length=run_length,
                 probe=probe(name, shape) if record_spikes else "",
-                reset=node.reset, v_init=node.v_init, name=name)
+                reset=node.reset, v_init=node.v_init, signed=node.signed,
+                inhibit_margin=INHIBIT_MARGIN if plan is None else plan.inhibit_margin(), name=name)
         elif isinstance(node, Junction):
             rec = name == out_src[0]
             procs[name] = AnalogJunction(shape=shape, bias=cur(whc(bias.get(name, np.zeros(node.shape)))),

@@ -82,7 +82,7 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
             for k in neuron_names:
                 lava_s = sim.last_spikes[k]
                 counts[k].append(sim.last_counts[k].astype(np.int32))
-                per_neuron[k].append(lava_s.sum(axis=0).astype(np.uint8))
+                per_neuron[k].append(np.abs(lava_s).sum(axis=0).astype(np.uint8))  # spike events (signed spikes: |s|)
                 mismatch[k].append(int((lava_s != ref.spikes[k].numpy()).sum()))
             # separate PyTorch trajectory for the final-image comparison
             eps_ref = ref(x_ref, tt) if i else eps_same

@@ -207,7 +207,7 @@ class LavaNetwork:
         for n in self.net.neurons:
             s = np.array(self.net.probes[n]).transpose(0, 3, 2, 1)  # (B*T, C, H, W)
             s = s.reshape(self.batch, self.T, *s.shape[1:])
-            self.last_counts[n] = s.reshape(self.batch, self.T, -1).sum(axis=2).astype(np.int64)
+            self.last_counts[n] = np.abs(s).reshape(self.batch, self.T, -1).sum(axis=2).astype(np.int64)  # events
             self.last_spikes[n] = s.transpose(1, 0, 2, 3, 4)
 
 

@@ -186,10 +186,13 @@ def add_convert(sub):
     p = sub.add_parser("convert", help="convert a quantised ANN (train --model qann) into a spiking checkpoint",
                        description="ANN-to-SNN conversion (Fast-SNN, SDM section 6): IF neurons with T = 2^bits - 1, "
                                    "threshold = the layer's clip alpha, membrane starting at theta/2, reset by "
-                                   "subtraction (docs/conversion.md).")
+                                   "subtraction, signed spikes unless --unsigned (docs/conversion.md).")
     p.add_argument("model", metavar="QANN.pt")
     p.add_argument("--out", required=True, metavar="SNN.pt")
     p.add_argument("--no-ema", action="store_true", help="convert raw weights even if EMA weights exist")
+    p.add_argument("--unsigned", action="store_true",
+                   help="binary 0/1 spikes only (the paper's setting) instead of signed spikes, where a neuron "
+                        "that has fired takes a spike back with a -1 spike (the reference code's default)")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="block-wise fine-tuning steps per block (MSE to the quantised ANN's block outputs)")
     p.add_argument("--finetune-lr", type=float, default=1e-4,
@@ -212,7 +215,7 @@ def cmd_convert(a):
     if a.finetune_steps < 0:
         raise UserError("--finetune-steps must be >= 0")
     ckpt = load_checkpoint(a.model)
-    out = convert_qann(ckpt, use_ema=not a.no_ema, source=a.model)
+    out = convert_qann(ckpt, use_ema=not a.no_ema, source=a.model, signed=not a.unsigned)
     msg = ""
     if a.finetune_steps:
         from sdm.train.conversion import finetune_from_checkpoints
@@ -225,6 +228,7 @@ def cmd_convert(a):
     save_checkpoint(a.out, out)
     c = out["conversion"]
     print(f"wrote {a.out}: spiking UNet, T={c['T']} ({c['bits']}-bit), {len(c['thetas'])} neuron layers, "
+          f"{'signed' if c['signed'] else 'unsigned'} spikes, "
           f"thresholds {min(c['thetas']):.3g}..{max(c['thetas']):.3g}{msg}")
 
 

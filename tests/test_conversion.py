@@ -11,6 +11,9 @@ What is exactly equal (bit for bit, float32):
   then got net inhibition, or got its input too late to emit it) only charge conservation
   ``theta * count = theta/2 + T*m - v_final`` holds (to rounding).
   The first neuron layer (the UNet stem) sees a constant current, so there it is exact everywhere.
+* signed neurons (the default of ``sdm convert``) give spikes back with -1 spikes when they are
+  net-inhibited, so their net count equals ``k(m)`` for every neuron whose final membrane is below
+  theta; only input that arrives too late to be emitted stays an error.
 
 Export: a converted model goes to NIR (``if_neuron`` extension) and back with identical spikes,
 and Lava ``floating_pt`` (subtractive reset, ``v_init``) spikes exactly as the PyTorch executor.
@@ -18,6 +21,7 @@ and Lava ``floating_pt`` (subtractive reset, ``v_init``) spikes exactly as the P
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -47,6 +51,31 @@ def if_run(x_seq, theta):
     return count, v
 
 
+def signed_run(x_seq, theta, margin=1e-3):
+    """The signed converted neuron written out from its equations (the SDM reference's loop):
+    (spikes [T, ...] in {-1, 0, 1}, net counts, final membrane)."""
+    v = torch.full_like(x_seq[0], 0.5 * theta)
+    net = torch.zeros_like(v)
+    out = []
+    for t in range(x_seq.shape[0]):
+        v = v + x_seq[t]
+        pos = v >= theta
+        v = torch.where(pos, v - theta, v)
+        net = net + pos.float()
+        neg = (v <= -margin) & (net > 0)
+        v = torch.where(neg, v + theta, v)
+        net = net - neg.float()
+        out.append(pos.float() - neg.float())
+    return torch.stack(out), net, v
+
+
+def signed_exact(v, net, theta):
+    """Where a signed neuron's net count must equal k(mean input): the membrane ended in [0, theta),
+    or below 0 with nothing left to take back.  (Outside: input too late to be emitted, v >= theta;
+    inhibition larger than one spike per step can give back; or v in the margin band (-1e-3, 0).)"""
+    return ((v >= 0) & (v < theta)) | ((v < 0) & (net == 0))
+
+
 # ----- the neuron -----------------------------------------------------------------------
 @pytest.mark.parametrize("reset,v_init", [("subtract", 0.5), ("zero", 0.5), ("subtract", 0.0)])
 def test_fused_neuron_matches_reference(reset, v_init):
@@ -63,6 +92,58 @@ def test_fused_neuron_matches_reference(reset, v_init):
     # the step-by-step simulator form gives the same spikes
     count, _ = if_run(x.detach(), 0.7) if (reset, v_init) == ("subtract", 0.5) else (s.sum(0), None)
     assert torch.equal(count, s.sum(0))
+
+
+def test_signed_neuron_matches_its_equations():
+    """Fused multi-step, module and one-step forms of the signed neuron against the written-out loop,
+    on inputs that make neurons fire and then get inhibited."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(6, 4, 50, generator=g) * 0.9
+    ref, net, v = signed_run(x, 0.8)
+    assert (ref < 0).any() and (ref > 0).any()  # the case the sign exists for
+    assert torch.equal(multistep_if(x, 0.8, reset="subtract", v_init=0.5, signed=True), ref)
+    assert torch.equal(IFNeuron(0.8, reset="subtract", v_init=0.5, signed=True)(x), ref)
+    vv, cnt = torch.full_like(x[0], 0.4), torch.zeros_like(x[0])
+    steps = []
+    for t in range(6):
+        s, vv, _ = if_step(vv, x[t], 0.8, reset="subtract", count=cnt)
+        steps.append(s)
+    assert torch.equal(torch.stack(steps), ref) and torch.equal(cnt, net) and torch.allclose(vv, v)
+    # a net count never goes negative, and charge is conserved
+    assert (ref.cumsum(0) >= 0).all()
+    assert torch.allclose(0.8 * net, 0.4 + x.sum(0) - v, atol=1e-5)
+    # gradients flow (surrogate of the positive threshold), and a hard reset cannot be signed
+    xg = x.clone().requires_grad_()
+    multistep_if(xg, 0.8, reset="subtract", v_init=0.5, signed=True).sum().backward()
+    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    # the backward pass is the rate's: dL/dx[t] = [0 < theta/2 + sum x < T theta] / (T theta) * sum_t' dL/ds[t']
+    w = torch.randn(x.shape, generator=g)
+    xg.grad = None
+    (multistep_if(xg, 0.8, reset="subtract", v_init=0.5, signed=True) * w).sum().backward()
+    charge = 0.4 + x.sum(0)
+    expect = (((charge > 0) & (charge < 6 * 0.8)).float() / (6 * 0.8) * w.sum(0)).expand_as(x)
+    torch.testing.assert_close(xg.grad, expect)
+    with pytest.raises(ValueError, match="subtract"):
+        multistep_if(x, 0.8, signed=True)
+    with pytest.raises(ValueError, match="subtract"):
+        IFNeuron(signed=True)
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_signed_net_count_is_the_quantised_mean(bits):
+    """Uneven input over the steps: the signed neuron's net count is k(mean current) wherever the
+    membrane ends below theta, which covers far more neurons than the unsigned neuron gets right."""
+    T, theta = 2 ** bits - 1, 0.9
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(T, 4000, generator=g) * 0.7 + 0.2
+    s = multistep_if(x, theta, reset="subtract", v_init=0.5, signed=True)
+    _, net, v = signed_run(x, theta)
+    k = quant_level(x.mean(0), theta, bits)
+    ok = signed_exact(v, net, theta)
+    assert ok.float().mean() > 0.9
+    assert torch.equal(s.sum(0)[ok], k[ok])
+    unsigned = multistep_if(x, theta, reset="subtract", v_init=0.5).sum(0)
+    assert (s.sum(0) == k).float().mean() > (unsigned == k).float().mean() + 0.05
 
 
 def test_default_neuron_unchanged():
@@ -147,11 +228,13 @@ def _qann(seed=0, bits=2):
     return model.eval()
 
 
-def test_unet_conversion_per_layer():
+@pytest.mark.parametrize("signed", [False, True])
+def test_unet_conversion_per_layer(signed):
     qann = _qann()
-    ckpt = convert_qann({"model_config": qann.cfg.to_dict(), "model": qann.state_dict()})
+    ckpt = convert_qann({"model_config": qann.cfg.to_dict(), "model": qann.state_dict()}, signed=signed)
     cfg = UNetConfig.from_dict(ckpt["model_config"])
     assert (cfg.T, cfg.reset, cfg.v_init, cfg.readout, cfg.neuron) == (3, "subtract", 0.5, "mean", "if")
+    assert cfg.signed == signed == ckpt["conversion"]["signed"]
     snn = SpikingUNet(cfg)
     snn.load_state_dict(ckpt["model"])
     snn.eval()
@@ -171,15 +254,23 @@ def test_unet_conversion_per_layer():
     # the stem neuron sees a constant current: spike count * theta / T == quantised ANN activation, exactly
     th = snn.stem.neuron.theta
     assert torch.equal(snn_io["stem.neuron"][1].sum(0) * (th / 3), ann_io["stem.neuron"][1][0])
-    fired = 0
+    fired, exact = 0, []
     for name, (cur, spikes) in snn_io.items():
         th = snn.get_submodule(name).theta
-        count, v = if_run(cur, th)
-        assert torch.equal(count, spikes.sum(0)), name
-        ok = consistent(count, v, th, 3)
+        if signed:
+            ref, count, v = signed_run(cur, th)
+            assert torch.equal(ref, spikes), name
+            ok = signed_exact(v, count, th)
+        else:
+            count, v = if_run(cur, th)
+            assert torch.equal(count, spikes.sum(0)), name
+            ok = consistent(count, v, th, 3)
         assert torch.equal(count[ok], quant_level(cur.mean(0), th, 2)[ok]), name
-        fired += int(count.sum())
+        exact.append(float((count == quant_level(cur.mean(0), th, 2)).float().mean()))
+        fired += int(spikes.abs().sum())
     assert fired > 0
+    # share of neurons per layer whose count is k(mean input); measured mean 0.954 unsigned, 0.987 signed
+    assert sum(exact) / len(exact) > (0.98 if signed else 0.9), exact
     assert eps_snn.shape == eps_ann.shape == x.shape
     assert torch.isfinite(eps_snn).all()
 
@@ -195,11 +286,15 @@ def _block_errors(snn, qann, xt, tt):
 
 
 def test_blockwise_finetuning_lowers_block_error():
+    """Unsigned conversion: the surrogate-gradient fine-tuning lowers the held-out block error.
+    A signed conversion of the same net starts 4x closer to the quantised ANN (summed block error
+    0.013 vs 0.052), and there 40 steps measured 1.26x *higher* error at lr 3e-4 (docs/conversion.md),
+    so no improvement is claimed for it."""
     from sdm.train.conversion import finetune_blocks
     from sdm.train.diffusion import GaussianDiffusion, ScheduleConfig
 
     qann = _qann(seed=4)
-    ckpt = convert_qann({"model_config": qann.cfg.to_dict(), "model": qann.state_dict()})
+    ckpt = convert_qann({"model_config": qann.cfg.to_dict(), "model": qann.state_dict()}, signed=False)
     snn = SpikingUNet(UNetConfig.from_dict(ckpt["model_config"]))
     snn.load_state_dict(ckpt["model"])
     snn.eval()
@@ -280,7 +375,10 @@ def test_cli_ann_qann_convert(tmp_path, capsys):
                  "--batch-size", "2"]) == 0
     assert "T=1" in capsys.readouterr().out
     model, diffusion, ck = model_from_checkpoint(snn_path)
-    assert ck["stage"] == "converted" and model.cfg.T == 1 and model.cfg.reset == "subtract"
+    assert ck["stage"] == "converted" and model.cfg.T == 1 and model.cfg.reset == "subtract" and model.cfg.signed
+    assert main(["convert", str(tmp_path / "q" / "model.pt"), "--out", str(tmp_path / "u.pt"), "--unsigned"]) == 0
+    assert "unsigned spikes" in capsys.readouterr().out
+    assert not load_checkpoint(tmp_path / "u.pt")["model_config"]["signed"]
     assert len(model.cfg.thetas) == len(neuron_slots(model))
     x = generate(model, diffusion, 2, steps=2, progress=False)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
@@ -289,25 +387,34 @@ def test_cli_ann_qann_convert(tmp_path, capsys):
 
 
 # ----- export ---------------------------------------------------------------------------
-def test_converted_model_exports_exactly(tmp_path, capsys):
+@pytest.mark.parametrize("signed", [False, True])
+def test_converted_model_exports_exactly(tmp_path, capsys, signed):
     from sdm.export.api import export_checkpoint, import_nir
     from sdm.export.ir import IFNeurons
     from sdm.export.verify import compare
 
     qann = _qann(seed=2)
-    ckpt = convert_qann({"model_config": qann.cfg.to_dict(), "model": qann.state_dict()})
+    ckpt = convert_qann({"model_config": qann.cfg.to_dict(), "model": qann.state_dict()}, signed=signed)
     save_checkpoint(tmp_path / "snn.pt", ckpt)
     s = export_checkpoint(tmp_path / "snn.pt", tmp_path / "snn.nir", dtype="float64")
     assert "if_neuron" in s["extensions"]
     den = import_nir(tmp_path / "snn.nir", dtype="float64")
     neurons = list(den.graph.of_type(IFNeurons))
-    assert {(n.reset, n.v_init) for n in neurons} == {("subtract", 0.5)}
+    assert {(n.reset, n.v_init, n.signed) for n in neurons} == {("subtract", 0.5, signed)}
     assert den.graph.host.readout == "mean"
     model, _, _ = model_from_checkpoint(tmp_path / "snn.pt")
     model = model.double()
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     r = compare(model, den, x, torch.tensor([3, 800]))
     assert r["total_mismatches"] == 0 and sum(v["spikes"] for v in r["layers"].values()) > 0
+    if signed:
+        assert any((s < 0).any() for s in den.spikes.values())  # inhibitory spikes made the round trip
+        # energy counts every spike event, -1s included (a net sum would undercount synaptic operations)
+        from sdm.energy.rates import model_spike_counts
+
+        counts = model_spike_counts(model, den.graph, [(x, torch.tensor([3, 800]))])
+        for name, sp in den.spikes.items():
+            np.testing.assert_allclose(counts[name][0], sp.abs().sum(0).mean(0).numpy(), err_msg=name)
     assert r["eps_max_abs_err"] < 1e-9
     # an ANN does not export; the Lava builder refuses converted graphs with one line
     ann = SpikingUNet(tiny_cfg(neuron="swish", img_size=8))
@@ -316,9 +423,12 @@ def test_converted_model_exports_exactly(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:Cannot import module")
-def test_converted_model_lava_float_spikes_identical(tmp_path):
+@pytest.mark.parametrize("signed,mode", [(False, "floating_pt"), (True, "floating_pt"), (True, "fixed_pt"), (False, "fixed_pt")])
+def test_converted_model_lava_spikes(tmp_path, signed, mode):
     """export -> read -> Lava floating_pt: every spike of every neuron group equals the PyTorch
-    executor of the same graph (subtractive reset, v_init = theta/2, per-layer thresholds)."""
+    executor of the same graph (subtractive reset, v_init = theta/2, per-layer thresholds, signed
+    spikes as 2-bit graded spikes).  fixed_pt (integer Loihi arithmetic) runs the same signed
+    neurons within a small spike deviation."""
     pytest.importorskip("lava")
     from sdm.export.api import export_checkpoint, import_nir
     from sdm.neuromorphic.simulator import LavaDenoiser
@@ -331,22 +441,32 @@ def test_converted_model_lava_float_spikes_identical(tmp_path):
         for _, act, _ in neuron_slots(model):
             act.alpha.fill_(0.3 + 0.5 * torch.rand((), generator=g).item())
     save_checkpoint(tmp_path / "snn.pt", convert_qann({"model_config": model.cfg.to_dict(),
-                                                       "model": model.eval().state_dict()}))
+                                                       "model": model.eval().state_dict()}, signed=signed))
     export_checkpoint(tmp_path / "snn.pt", tmp_path / "snn.nir", dtype="float64")
     den = import_nir(tmp_path / "snn.nir", dtype="float64")
     den.record = True
     x = torch.randn(1, 1, 8, 8, generator=g, dtype=torch.float64)
     t = torch.tensor([300])
-    with LavaDenoiser(den.graph, batch=1, record_spikes=True) as sim:
+    with LavaDenoiser(den.graph, batch=1, record_spikes=True, mode=mode) as sim:
         eps = sim(x, t)
         spikes = {n: s.copy() for n, s in sim.last_spikes.items()}
+        counts = {n: c.copy() for n, c in sim.last_counts.items()}
     eps_ref = den(x, t)
     assert set(spikes) == set(den.spikes)
-    total = 0
+    total, differ = 0, 0
     for name, ref in den.spikes.items():
         got = torch.from_numpy(spikes[name])
         assert got.shape == ref.shape and ref.shape[0] == 3, name
-        assert int((got != ref).sum()) == 0, name
-        total += int(ref.sum())
+        assert counts[name].sum() == int(got.abs().sum()), name  # counts are spike events, -1s included
+        differ += int((got != ref).sum())
+        total += int(ref.abs().sum())
     assert total > 20
-    assert (eps - eps_ref).abs().max().item() < 1e-9
+    if signed:
+        assert any((torch.from_numpy(s) < 0).any() for s in spikes.values())
+    if mode == "floating_pt":
+        assert differ == 0
+        assert (eps - eps_ref).abs().max().item() < 1e-9
+    else:  # integer weights and membranes move spikes near threshold, more in deeper layers (measured
+        # on this net: 5.3 % of all spike slots unsigned, 6.8 % signed; 0-2 % in the first layers)
+        assert differ <= 0.08 * sum(r.numel() for r in den.spikes.values()), differ
+        assert (eps - eps_ref).abs().max().item() < 0.1

@@ -15,7 +15,7 @@ Gradients (PACT with a straight-through estimator for the rounding):
 
 Conversion (:func:`convert_qann`) replaces every quantised ReLU by an IF neuron
 with ``T = n`` steps, threshold ``theta = alpha`` of that layer, membrane starting
-at ``theta / 2`` and reset by subtraction.  With a constant input current ``x`` over
+at ``theta / 2``, reset by subtraction and, by default, signed spikes (``train/neuron.py``).  With a constant input current ``x`` over
 the ``T`` steps that neuron fires exactly ``k(x)`` times (up to floating-point
 rounding of the running membrane sum at exact ties), so ``theta * count / T = q(x)``.
 A spike stands for the value ``theta``; the factor is folded into the weights of
@@ -25,7 +25,10 @@ the spike count equals ``k(mean current)`` for every neuron whose final membrane
 lies in ``[0, theta)`` (or is ``< 0`` with no spike, or ``>= theta`` with T spikes),
 but not for a neuron that fired and later received net inhibition, or received
 its input too late to emit it; always exact is charge conservation
-``theta * count = theta / 2 + sum_t x[t] - v[T-1]``.  The converted model averages
+``theta * count = theta / 2 + sum_t x[t] - v[T-1]``.  A signed neuron gives back the
+spikes of net inhibition, so its net count equals ``k(mean current)`` for every neuron
+whose final membrane is below ``theta`` (up to the -1e-3 inhibition margin); only late
+input remains an error.  The converted model averages
 the residual stream over the ``T`` steps before the analog tail (``readout="mean"``).
 
 Optional block-wise fine-tuning (:func:`finetune_blocks`, the reference's SNN_ft):
@@ -103,11 +106,12 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be converted; one line."""
 
 
-def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "") -> dict:
+def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "", signed: bool = True) -> dict:
     """Turn a quantised-ANN checkpoint into an ordinary spiking checkpoint (dict, ready to save).
 
     T = 2^b - 1, per-layer theta = alpha, v_init = 1/2, reset by subtraction, theta folded into
-    the weights of the conv after each neuron, ``readout="mean"``.
+    the weights of the conv after each neuron, ``readout="mean"``; ``signed`` neurons (the
+    reference code's default) take spikes back with inhibitory -1 spikes.
     """
     from .diffusion import ScheduleConfig
     from .unet import SpikingUNet, UNetConfig
@@ -131,7 +135,7 @@ def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "") -> dict:
         raise ConversionError(f"{source or 'checkpoint'}: clip alpha must be positive to become a threshold; "
                               f"not so in {', '.join(bad[:3])}")
     snn_cfg = dataclasses.replace(cfg, neuron="if", T=2 ** cfg.bits - 1, reset="subtract", v_init=0.5,
-                                  thetas=tuple(thetas), readout="mean", tsm=False)
+                                  signed=bool(signed), thetas=tuple(thetas), readout="mean", tsm=False)
     snn = SpikingUNet(snn_cfg)
     state = {k: v for k, v in qann.state_dict().items() if not k.endswith(".alpha") or "neuron" not in k}
     snn.load_state_dict(state)
@@ -146,6 +150,7 @@ def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "") -> dict:
         "ema": None,
         "data": ckpt.get("data"),
         "conversion": {"source": str(source), "bits": cfg.bits, "T": snn_cfg.T, "thetas": thetas,
+                       "signed": bool(signed),
                        "source_step": ckpt.get("step"), "used_ema": bool(use_ema and ckpt.get("ema") is not None)},
     }
 

@@ -8,6 +8,19 @@ For every spiking step ``t = 0 .. T-1`` of an input current ``x[t]``::
     v[t] = h[t] * (1 - s[t])               hard reset to 0          (reset="zero", the default)
     v[t] = h[t] - theta * s[t]             reset by subtraction     (reset="subtract")
 
+With ``signed=True`` (subtractive reset only) a neuron that has fired more
+positive than negative spikes also emits an inhibitory spike when its membrane
+goes negative after the step's update (the SDM reference code's conversion neuron)::
+
+    n[t] = n[t-1] + s+[t] - s-[t]                                  net count (n[-1] = 0)
+    s-[t] = (v'[t] <= -1e-3) and (n[t-1] + s+[t] > 0)             v'[t] = h[t] - theta * s+[t]
+    v[t]  = v'[t] + theta * s-[t],     spike s[t] = s+[t] - s-[t] in {-1, 0, 1}
+
+so a neuron that fired too early takes the spike back instead of carrying the
+error to its readers: its net count tracks ``k(mean input)`` even when the input
+arrives unevenly over the steps.  The -1e-3 margin keeps rounding noise at 0 from
+producing inhibition.
+
 The subtractive reset with ``v_init = 1/2`` is the neuron of ANN-to-SNN
 conversion (Fast-SNN, SDM section 6): with a constant input ``x`` for ``T``
 steps it fires ``clamp(floor(T*x/theta + 1/2), 0, T)`` times, the quantised
@@ -20,7 +33,17 @@ ReLU of ``train/conversion.py`` with clip ``theta`` and ``T = 2^b - 1`` levels.
 
 and, as in the reference (``detach_reset=False``), the gradient also flows
 through the reset: ``dv/dh = (1 - s) - h * sg`` (hard reset) or
-``dv/dh = 1 - theta * sg`` (subtractive reset).  ``v_init`` is a constant: no
+``dv/dh = 1 - theta * sg`` (subtractive reset).
+
+A signed neuron's net count is the quantised ReLU of its mean input, so its
+backward pass is that of the rate (straight-through, as PACT without the clip
+gradient): every step's spike is taken as ``count / T`` with
+``count ~ (theta/2 + sum_t x[t]) / theta``, giving::
+
+    dL/dx[t] = [0 < theta/2 + sum_t x < T * theta] / (T * theta) * sum_t' dL/ds[t']
+
+The ATan surrogate would see only the positive threshold and miss the inhibitory
+spikes, and fine-tuning with it made a signed network's block errors worse.  ``v_init`` is a constant: no
 gradient flows to it.
 
 The forward pass runs the T steps without building an autograd graph and keeps
@@ -46,47 +69,79 @@ def atan_surrogate(u: torch.Tensor, alpha: float = ATAN_ALPHA) -> torch.Tensor:
 
 
 RESETS = ("zero", "subtract")
+INHIBIT_MARGIN = 1e-3  # a signed neuron inhibits at v <= -margin: float noise at 0 does not count
 
 
-def if_step(v: torch.Tensor, x: torch.Tensor, theta: float, decay: float = 1.0, reset: str = "zero"):
+def if_step(v: torch.Tensor, x: torch.Tensor, theta: float, decay: float = 1.0, reset: str = "zero",
+            count: torch.Tensor | None = None):
     """One step of the neuron without gradients: returns ``(spike, v_next, h)``.
 
     Exposed for simulators that step one time step at a time (NIR import, Lava
     reference checks); the multi-step function below is the same arithmetic.
-    The caller starts ``v`` at ``v_init * theta`` (zeros by default).
+    The caller starts ``v`` at ``v_init * theta`` (zeros by default).  A signed
+    neuron passes its net spike count ``count`` (zeros at the start), which is
+    updated in place.
     """
     h = x + v * decay if decay != 1.0 else x + v
     s = (h >= theta).to(x.dtype)
+    if count is not None:
+        v_next, s = _signed_update(h, s, theta, count)
+        return s, v_next, h
     if reset == "subtract":
         return s, torch.where(h >= theta, h - theta, h), h
     return s, h * (1.0 - s), h
 
 
+def _signed_update(h: torch.Tensor, pos: torch.Tensor, theta, count: torch.Tensor):
+    """Subtractive reset plus inhibition (see the module docstring); updates ``count`` in place and
+    returns ``(v_next, signed spikes)``."""
+    v = h - theta * pos
+    count.add_(pos)
+    neg = ((v <= -INHIBIT_MARGIN) & (count > 0)).to(h.dtype)
+    count.sub_(neg)
+    return v + theta * neg, pos - neg
+
+
 class _MultiStepIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, theta: float, decay: float, alpha: float,
-                subtract: bool = False, v_init: float = 0.0):
+                subtract: bool = False, v_init: float = 0.0, signed: bool = False):
         h_seq = torch.empty_like(x_seq)
         v = torch.zeros_like(x_seq[0])
         if v_init != 0.0:
             v = v + v_init * theta
+        count = torch.zeros_like(v) if signed else None
+        neg_seq = torch.zeros_like(x_seq) if signed else None
         for t in range(x_seq.shape[0]):
             h = h_seq[t]
             if decay == 1.0:
                 torch.add(x_seq[t], v, out=h)
             else:
                 torch.add(x_seq[t], v, alpha=decay, out=h)
-            if subtract:  # v = h - theta where h >= theta, else h
+            if signed:
+                v, s = _signed_update(h, (h >= theta).to(h.dtype), theta, count)
+                neg_seq[t] = s.clamp(max=0.0)
+            elif subtract:  # v = h - theta where h >= theta, else h
                 v = torch.where(h >= theta, h - theta, h)
             else:  # v = h where h < theta, else 0 (hard reset)
                 v = h.masked_fill(h >= theta, 0.0)
         spikes = (h_seq >= theta).to(x_seq.dtype)
-        ctx.save_for_backward(h_seq)
+        ctx.signed = signed
+        if signed:
+            spikes = spikes + neg_seq
+            charge = x_seq.sum(0) + v_init * theta
+            T = x_seq.shape[0]
+            ctx.save_for_backward(((charge > 0) & (charge < T * theta)).to(x_seq.dtype) / (T * theta))
+        else:
+            ctx.save_for_backward(h_seq)
         ctx.theta, ctx.decay, ctx.alpha, ctx.subtract = theta, decay, alpha, subtract
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):
+        if ctx.signed:  # straight-through rate gradient (module docstring)
+            (slope,) = ctx.saved_tensors
+            return (grad_spikes.sum(0) * slope).expand_as(grad_spikes).contiguous(), None, None, None, None, None, None
         (h_seq,) = ctx.saved_tensors
         theta, decay, alpha, subtract = ctx.theta, ctx.decay, ctx.alpha, ctx.subtract
         grad_x = torch.empty_like(h_seq)
@@ -103,22 +158,25 @@ class _MultiStepIF(torch.autograd.Function):
                     gh = gh + grad_v * (not_spiked - h * sg)
             grad_x[t] = gh
             grad_v = gh * decay if decay != 1.0 else gh
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 def multistep_if(
     x_seq: torch.Tensor, theta: float | torch.Tensor = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA,
-    reset: str = "zero", v_init: float = 0.0,
+    reset: str = "zero", v_init: float = 0.0, signed: bool = False,
 ) -> torch.Tensor:
     """Spikes ``[T, ...]`` of a neuron driven by currents ``x_seq [T, ...]``, starting from
-    ``v = v_init * theta`` (0 by default), with ``reset`` "zero" (hard) or "subtract".
+    ``v = v_init * theta`` (0 by default), with ``reset`` "zero" (hard) or "subtract";
+    ``signed`` (subtractive reset only) adds inhibitory -1 spikes.
 
     ``theta`` is a scalar or a tensor broadcastable to one step (per-neuron thresholds)."""
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if signed and (reset != "subtract" or decay != 1.0):
+        raise ValueError("signed spikes need reset='subtract' and decay 1 (an inhibitory spike gives theta back)")
     if not isinstance(theta, torch.Tensor):
         theta = float(theta)
-    args = (x_seq, theta, float(decay), float(alpha), reset == "subtract", float(v_init))
+    args = (x_seq, theta, float(decay), float(alpha), reset == "subtract", float(v_init), bool(signed))
     if x_seq.requires_grad and torch.is_grad_enabled():
         return _MultiStepIF.apply(*args)
     with torch.no_grad():
@@ -165,11 +223,12 @@ class IFNeuron(nn.Module):
     The layer has no state between calls: every call starts from
     ``v = v_init * theta`` (0 by default), which is how the membrane is reset
     between denoiser evaluations.  ``reset`` is "zero" (hard reset, the trained
-    SNN) or "subtract" (converted models, with ``v_init = 0.5``).
+    SNN) or "subtract" (converted models, with ``v_init = 0.5``, optionally
+    ``signed``).
     """
 
     def __init__(self, theta: float = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA,
-                 reset: str = "zero", v_init: float = 0.0):
+                 reset: str = "zero", v_init: float = 0.0, signed: bool = False):
         super().__init__()
         if theta <= 0:
             raise ValueError(f"IF threshold must be positive, got {theta}")
@@ -177,11 +236,14 @@ class IFNeuron(nn.Module):
             raise ValueError(f"IF decay must be in (0, 1], got {decay}")
         if reset not in RESETS:
             raise ValueError(f"IF reset must be one of {RESETS}, got {reset!r}")
+        if signed and reset != "subtract":
+            raise ValueError("signed IF spikes need reset='subtract'")
         self.theta = float(theta)
         self.decay = float(decay)
         self.alpha = float(alpha)
         self.reset = reset
         self.v_init = float(v_init)
+        self.signed = bool(signed)
         self.threshold_scale = 1.0
 
     @property
@@ -193,10 +255,12 @@ class IFNeuron(nn.Module):
         # mantissa would move spikes, and spikes are exact in any dtype anyway.
         if x_seq.dtype in (torch.bfloat16, torch.float16):
             x_seq = x_seq.float()
-        return multistep_if(x_seq, self.effective_threshold, self.decay, self.alpha, self.reset, self.v_init)
+        return multistep_if(x_seq, self.effective_threshold, self.decay, self.alpha, self.reset, self.v_init,
+                            self.signed)
 
     def extra_repr(self) -> str:
         extra = f", reset={self.reset}, v_init={self.v_init}" if self.reset != "zero" or self.v_init else ""
+        extra += ", signed" if self.signed else ""
         return f"theta={self.theta}, decay={self.decay}, threshold_scale={self.threshold_scale}{extra}"
 
 

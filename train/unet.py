@@ -19,7 +19,8 @@ spend, so it runs with ``T = 1`` internally: the sequence axis has length one an
 membrane readout over one step is the identity, ``eps = h[0]``.
 
 Converted models (``sdm convert``) are ordinary IF models with per-neuron-layer
-thresholds ``thetas``, ``reset="subtract"``, ``v_init=0.5`` and ``readout="mean"``:
+thresholds ``thetas``, ``reset="subtract"``, ``v_init=0.5``, optionally ``signed``
+inhibitory spikes, and ``readout="mean"``:
 the residual stream is averaged over the T steps before the analog tail,
 ``eps = Tail(mean_t h[t])`` on one step.
 
@@ -67,6 +68,7 @@ class UNetConfig:
     bits: int = 0  # activation bits of neuron="qrelu"
     reset: str = "zero"  # IF reset: zero (hard) | subtract
     v_init: float = 0.0  # initial membrane, a fraction of theta
+    signed: bool = False  # inhibitory -1 spikes (converted models, reset="subtract" only)
     thetas: tuple[float, ...] = ()  # per-neuron-layer thresholds in module order (converted models); () = theta
     readout: str = "membrane"  # membrane: eps = sum_t decay^(T-1-t) Tail(h)[t];  mean: eps = Tail(mean_t h)
 
@@ -84,6 +86,8 @@ class UNetConfig:
             problems.append(f"bits={self.bits} must be in 1..16 for neuron='qrelu'")
         if self.reset not in RESETS:
             problems.append(f"reset={self.reset!r} must be one of {', '.join(RESETS)}")
+        if self.signed and (self.neuron != "if" or self.reset != "subtract"):
+            problems.append("signed spikes need neuron='if' with reset='subtract'")
         if self.readout not in READOUTS:
             problems.append(f"readout={self.readout!r} must be one of {', '.join(READOUTS)}")
         if any(not v > 0 for v in self.thetas):
@@ -167,7 +171,7 @@ class AnalogActivation(nn.Module):
 def make_neuron(cfg: UNetConfig) -> nn.Module:
     """The activation that sits before every conv: an IF neuron, or the ANN's activation."""
     if cfg.neuron == "if":
-        return IFNeuron(cfg.theta, cfg.decay, reset=cfg.reset, v_init=cfg.v_init)
+        return IFNeuron(cfg.theta, cfg.decay, reset=cfg.reset, v_init=cfg.v_init, signed=cfg.signed)
     if cfg.neuron == "qrelu":
         from .conversion import QuantReLU
 

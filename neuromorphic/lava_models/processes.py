@@ -51,13 +51,19 @@ class RecordingLIFReset(LIFReset):
 
     ``reset`` and ``v_init`` are the IR neuron's (``train/neuron.py``): at each window reset
     ``u = 0, v = v_init * vth``; after a spike ``v = 0`` (``reset="zero"``, Lava's LIF) or
-    ``v = v - vth`` (``reset="subtract"``, converted models).
+    ``v = v - vth`` (``reset="subtract"``, converted models).  ``signed`` neurons also send -1
+    (a 2-bit graded spike on Loihi 2) when ``v <= -inhibit_margin`` after the step while their
+    net spike count of the window is positive, and take ``vth`` back (``train/neuron.py``);
+    ``inhibit_margin`` is in state units.
     """
 
     def __init__(self, *, window_start: int, window: int, run_length: int, probe: str = "",
-                 reset: str = "zero", v_init: float = 0.0, **kwargs):
+                 reset: str = "zero", v_init: float = 0.0, signed: bool = False, inhibit_margin: float = 0.0,
+                 **kwargs):
         if reset not in ("zero", "subtract"):
             raise ValueError(f"reset must be zero or subtract, got {reset!r}")
+        if signed and reset != "subtract":
+            raise ValueError("signed spikes need reset='subtract'")
         super().__init__(**kwargs)
         self.proc_params["window_start"] = window_start
         self.proc_params["window"] = window
@@ -65,6 +71,8 @@ class RecordingLIFReset(LIFReset):
         self.proc_params["probe"] = probe
         self.proc_params["reset"] = reset
         self.proc_params["v_init"] = float(v_init)
+        self.proc_params["signed"] = bool(signed)
+        self.proc_params["inhibit_margin"] = inhibit_margin
 
 
 class _RecordingMixin:
@@ -81,6 +89,9 @@ class _RecordingMixin:
         self.probe = open_probe(proc_params["probe"]) if proc_params["probe"] else None
         self.subtract = proc_params.get("reset", "zero") == "subtract"
         self.v_init = proc_params.get("v_init", 0.0)
+        self.signed = proc_params.get("signed", False)
+        self.inhibit_margin = proc_params.get("inhibit_margin", 0.0)
+        self.net_count = None  # signed neurons: spikes minus inhibitory spikes in the current window
 
     def _before_dynamics(self):
         pass
@@ -94,6 +105,8 @@ class _RecordingMixin:
         self.v *= 0
         if self.v_init:
             self.v += self._start_voltage()
+        if self.signed:
+            self.net_count = np.zeros(self.v.shape, dtype=np.int64)
 
     def _start_voltage(self):
         return self.v_init * self._threshold()
@@ -116,8 +129,20 @@ class _RecordingMixin:
             self.v[s_out] -= self._threshold()
         else:
             self.reset_voltage(spike_vector=s_out)
+        if self.signed:
+            s_out = self._inhibit(s_out)
         self._record(s_out)
         self.s_out.send(s_out)
+
+    def _inhibit(self, pos):
+        """Inhibitory spikes of a signed neuron: returns ``pos - neg`` as integers."""
+        if self.net_count is None:
+            self.net_count = np.zeros(self.v.shape, dtype=np.int64)
+        self.net_count += pos
+        neg = (self.v <= -self.inhibit_margin) & (self.net_count > 0)
+        self.v[neg] += self._threshold()
+        self.net_count -= neg
+        return pos.astype(np.int64) - neg
 
 
 @implements(proc=RecordingLIFReset, protocol=LoihiProtocol)

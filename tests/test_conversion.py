@@ -423,7 +423,8 @@ def test_converted_model_exports_exactly(tmp_path, capsys, signed):
 
 
 @pytest.mark.filterwarnings("ignore:Cannot import module")
-@pytest.mark.parametrize("signed,mode", [(False, "floating_pt"), (True, "floating_pt"), (True, "fixed_pt"), (False, "fixed_pt")])
+@pytest.mark.parametrize("signed,mode", [(False, "floating_pt"), (True, "floating_pt"),
+                                         (True, "fixed_pt"), (False, "fixed_pt")])
 def test_converted_model_lava_spikes(tmp_path, signed, mode):
     """export -> read -> Lava floating_pt: every spike of every neuron group equals the PyTorch
     executor of the same graph (subtractive reset, v_init = theta/2, per-layer thresholds, signed

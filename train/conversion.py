@@ -15,11 +15,12 @@ Gradients (PACT with a straight-through estimator for the rounding):
 
 Conversion (:func:`convert_qann`) replaces every quantised ReLU by an IF neuron
 with ``T = n`` steps, threshold ``theta = alpha`` of that layer, membrane starting
-at ``theta / 2``, reset by subtraction and, by default, signed spikes (``train/neuron.py``).  With a constant input current ``x`` over
-the ``T`` steps that neuron fires exactly ``k(x)`` times (up to floating-point
-rounding of the running membrane sum at exact ties), so ``theta * count / T = q(x)``.
-A spike stands for the value ``theta``; the factor is folded into the weights of
-the one convolution that reads the neuron, so spikes stay binary.  Inside the
+at ``theta / 2``, reset by subtraction and, by default, signed spikes
+(``train/neuron.py``).  With a constant input current ``x`` over the ``T`` steps
+that neuron fires exactly ``k(x)`` times (up to floating-point rounding of the
+running membrane sum at exact ties), so ``theta * count / T = q(x)``.  A spike
+stands for the value ``theta``; the factor is folded into the weights of the one
+convolution that reads the neuron, so spikes stay unit-sized (0/1, or -1/0/1).  Inside the
 network the currents of deeper layers are not constant over the steps, so there
 the spike count equals ``k(mean current)`` for every neuron whose final membrane
 lies in ``[0, theta)`` (or is ``< 0`` with no spike, or ``>= theta`` with T spikes),

@@ -336,9 +336,12 @@ def test_ann_forward(neuron):
 
 def test_old_config_loads_unchanged():
     old = {k: v for k, v in tiny_cfg().to_dict().items()
-           if k not in ("neuron", "bits", "reset", "v_init", "thetas", "readout")}
+           if k not in ("neuron", "bits", "reset", "v_init", "thetas", "readout", "signed")}
     cfg = UNetConfig.from_dict(old)
-    assert (cfg.neuron, cfg.reset, cfg.v_init, cfg.thetas, cfg.readout) == ("if", "zero", 0.0, (), "membrane")
+    assert (cfg.neuron, cfg.reset, cfg.v_init, cfg.thetas, cfg.readout, cfg.signed) == \
+        ("if", "zero", 0.0, (), "membrane", False)
+    with pytest.raises(ValueError, match="signed"):
+        tiny_cfg(signed=True)  # signed spikes need the subtractive reset
 
 
 # ----- command line ---------------------------------------------------------------------
@@ -407,6 +410,16 @@ def test_converted_model_exports_exactly(tmp_path, capsys, signed):
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     r = compare(model, den, x, torch.tensor([3, 800]))
     assert r["total_mismatches"] == 0 and sum(v["spikes"] for v in r["layers"].values()) > 0
+    if not signed:  # a file written before the "signed" field existed reads as unsigned
+        import h5py
+
+        with h5py.File(tmp_path / "snn.nir", "r+") as f:
+            fields = []
+            f.visititems(lambda n, o: fields.append(n) if n.endswith("/metadata/signed") else None)
+            assert len(fields) == len(neurons)
+            for n in fields:
+                del f[n]
+        assert not any(n.signed for n in import_nir(tmp_path / "snn.nir", dtype="float64").graph.of_type(IFNeurons))
     if signed:
         assert any((s < 0).any() for s in den.spikes.values())  # inhibitory spikes made the round trip
         # energy counts every spike event, -1s included (a net sum would undercount synaptic operations)

@@ -42,9 +42,8 @@ gradient): every step's spike is taken as ``count / T`` with
 
     dL/dx[t] = [0 < theta/2 + sum_t x < T * theta] / (T * theta) * sum_t' dL/ds[t']
 
-The ATan surrogate would see only the positive threshold and miss the inhibitory
-spikes, and fine-tuning with it made a signed network's block errors worse.  ``v_init`` is a constant: no
-gradient flows to it.
+(The ATan surrogate would see only the positive threshold and miss the inhibitory
+spikes.)  ``v_init`` is a constant: no gradient flows to it.
 
 The forward pass runs the T steps without building an autograd graph and keeps
 only the pre-reset membrane ``h`` (the spikes are ``h >= theta``); the backward
@@ -236,8 +235,8 @@ class IFNeuron(nn.Module):
             raise ValueError(f"IF decay must be in (0, 1], got {decay}")
         if reset not in RESETS:
             raise ValueError(f"IF reset must be one of {RESETS}, got {reset!r}")
-        if signed and reset != "subtract":
-            raise ValueError("signed IF spikes need reset='subtract'")
+        if signed and (reset != "subtract" or decay != 1.0):
+            raise ValueError("signed IF spikes need reset='subtract' and decay 1")
         self.theta = float(theta)
         self.decay = float(decay)
         self.alpha = float(alpha)

@@ -86,8 +86,8 @@ class UNetConfig:
             problems.append(f"bits={self.bits} must be in 1..16 for neuron='qrelu'")
         if self.reset not in RESETS:
             problems.append(f"reset={self.reset!r} must be one of {', '.join(RESETS)}")
-        if self.signed and (self.neuron != "if" or self.reset != "subtract"):
-            problems.append("signed spikes need neuron='if' with reset='subtract'")
+        if self.signed and (self.neuron != "if" or self.reset != "subtract" or self.decay != 1.0):
+            problems.append("signed spikes need neuron='if' with reset='subtract' and decay 1")
         if self.readout not in READOUTS:
             problems.append(f"readout={self.readout!r} must be one of {', '.join(READOUTS)}")
         if any(not v > 0 for v in self.thetas):

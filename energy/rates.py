@@ -19,9 +19,10 @@ import torch
 from sdm.export.ir import Conv, IFNeurons, SNNGraph
 from sdm.train.neuron import IFNeuron
 from sdm.train.unet import SpikingUNet
+from sdm.errors import SDMError
 
 
-class SpikeRecordError(ValueError):
+class SpikeRecordError(SDMError):
     """A spike record that does not belong to the model; the message names the file."""
 
 

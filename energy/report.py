@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sdm.export.lower import lower_unet
-from sdm.train.checkpoint import atomic_write
+from sdm.files import atomic_write
 from sdm.train.sampling import model_from_checkpoint
 
 from .counting import ann_macs, count_layers, dense_conv_macs, paper_formula_pj, price

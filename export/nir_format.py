@@ -24,7 +24,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sdm.train.checkpoint import atomic_write
+from sdm.files import atomic_write
+
+from sdm.errors import SDMError
 
 from .ir import (AnalogInput, Conv, HostParams, IFNeurons, Junction, Node, Output, SNNGraph, TemporalAffine,
                  Upsample)
@@ -34,7 +36,7 @@ FORMAT_VERSION = 1
 EXTENSIONS = ("temporal_affine", "upsample_nearest", "if_neuron")
 
 
-class NIRFormatError(ValueError):
+class NIRFormatError(SDMError):
     """A NIR file this tool cannot read or run; the message names the file and the problem."""
 
 

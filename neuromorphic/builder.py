@@ -29,9 +29,10 @@ import numpy as np
 
 from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
 from sdm.train.neuron import INHIBIT_MARGIN
+from sdm.errors import SDMError
 
 
-class LavaBuildError(ValueError):
+class LavaBuildError(SDMError):
     """The graph cannot be mapped to Lava; the message names the node."""
 
 

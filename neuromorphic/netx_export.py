@@ -58,13 +58,14 @@ from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGra
 from .builder import chw_shape, lava_conv_weight, whc
 from .fixed_point import BIAS_MANT_MAX, VTH_MAX, FixedPointPlan
 from .lava_models.conv_model import conv_whc, correlation_weight
+from sdm.errors import SDMError
 
 NETX_BIAS_EXP = 6  # netx's get_neuron_params hard-codes bias_exp=6 for CUBA neurons
 NETX_WEIGHT_MAX = 255  # 8-bit mantissa magnitude, as FixedPointPlan
 INPUT_CURRENT_MAX = BIAS_MANT_MAX  # the first layer's current is a 13-bit bias mantissa
 
 
-class NetxExportError(ValueError):
+class NetxExportError(SDMError):
     """The graph cannot be expressed as a netx network; the message names the node."""
 
 

@@ -25,9 +25,9 @@ import torch
 from sdm.export.execute import GraphDenoiser
 from sdm.export.ir import IFNeurons
 from sdm.export.nir_format import read_nir
-from sdm.train.checkpoint import atomic_write
+from sdm.files import atomic_write
 from sdm.train.diffusion import GaussianDiffusion, ScheduleConfig
-from sdm.train.images import save_grid
+from sdm.images import save_grid
 
 from .simulator import LavaDenoiser
 

@@ -306,7 +306,7 @@ def cmd_import(a):
               f"{r['eps_max_abs_err']:.2e}")
     if a.sample:
         from sdm.train.diffusion import GaussianDiffusion, ScheduleConfig, sample
-        from sdm.train.images import save_grid
+        from sdm.images import save_grid
 
         sched = den.graph.host.schedule
         diffusion = GaussianDiffusion(ScheduleConfig(int(sched["steps"]), sched["beta_start"], sched["beta_end"]))
@@ -434,7 +434,7 @@ def cmd_eval(a):
                  inception_weights=a.inception_weights, data=a.data, ref_n=a.ref_n, device=device)
     print(format_table(r), end="")
     if a.json:
-        from sdm.train.checkpoint import atomic_write
+        from sdm.files import atomic_write
 
         atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2) + "\n"))
         print(f"wrote {a.json}")
@@ -467,7 +467,7 @@ def cmd_energy(a):
                         preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory)
     text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
     if a.out:
-        from sdm.train.checkpoint import atomic_write
+        from sdm.files import atomic_write
 
         atomic_write(a.out, lambda tmp: Path(tmp).write_text(text))
         print(f"wrote {a.out}")

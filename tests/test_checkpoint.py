@@ -11,7 +11,8 @@ import stat
 import pytest
 import torch
 
-from sdm.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from sdm.files import atomic_write
+from sdm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdm.train.trainer import TrainConfig
 from sdm.train.unet import SpikingUNet, UNetConfig
 

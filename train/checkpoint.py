@@ -11,42 +11,22 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sdm.errors import SDMError
+from sdm.files import atomic_write
+
 FORMAT = "sdm-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model_config", "model")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SDMError):
     """A file that is not a readable checkpoint of this project; the message names the file."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` (same directory, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # mkstemp makes the file 0600; give the result the mode any newly created file would get
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -94,3 +74,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if obj["version"] > VERSION:
         raise CheckpointError(f"{path}: checkpoint version {obj['version']} is newer than this tool ({VERSION})")
     return obj
+
+
+def uses_ema(ckpt: dict[str, Any], use_ema: bool = True) -> bool:
+    """Whether a model built from ``ckpt`` gets its EMA weights: asked for, and present."""
+    return bool(use_ema and ckpt.get("ema") is not None)
+
+
+def checkpoint_weights(ckpt: dict[str, Any], use_ema: bool = True) -> dict[str, Any]:
+    """The state dict a model is built from: the EMA weights when asked for and present, else the raw ones."""
+    return ckpt["ema"] if uses_ema(ckpt, use_ema) else ckpt["model"]

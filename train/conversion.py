@@ -44,6 +44,7 @@ import time
 
 import torch
 from torch import nn
+from sdm.errors import SDMError
 
 QANN_ALPHA_INIT = 6.0
 
@@ -103,7 +104,7 @@ def neuron_slots(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
     return out
 
 
-class ConversionError(ValueError):
+class ConversionError(SDMError):
     """A checkpoint that cannot be converted; one line."""
 
 

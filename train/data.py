@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from PIL import Image
+from sdm.errors import SDMError
 
 __all__ = ["DataError", "ImageDataset", "load_dataset", "infinite_loader", "SPEC_PREFIXES"]
 
@@ -39,7 +40,7 @@ _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
-class DataError(ValueError):
+class DataError(SDMError):
     """Unusable dataset input; the message names the file or directory and the problem."""
 
 

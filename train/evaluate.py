@@ -20,9 +20,10 @@ from .checkpoint import load_checkpoint
 from .data import load_dataset
 from .fid import cached_statistics, feature_statistics, file_sha256, frechet_distance
 from .sampling import generate, model_from_checkpoint
+from sdm.errors import SDMError
 
 
-class EvalError(ValueError):
+class EvalError(SDMError):
     """An evaluation that cannot run as asked; one line."""
 
 

@@ -101,7 +101,7 @@ def cached_statistics(key: dict, compute: Callable[[], tuple[np.ndarray, np.ndar
     network hash, number of images); it is stored in the file and checked on reading, and
     an unreadable or mismatching cache file is recomputed and replaced (written atomically).
     """
-    from .checkpoint import atomic_write
+    from sdm.files import atomic_write
 
     key_json = json.dumps(key, sort_keys=True)
     path = cache_dir() / "fid" / f"{kind}-{hashlib.sha256(key_json.encode()).hexdigest()[:20]}.npz"

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from sdm.errors import SDMError
 
 FEATURES = ("2048", "logits_unbiased")
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(SDMError):
     """Unusable Inception weights; the message names the file."""
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
 from .diffusion import GaussianDiffusion, ScheduleConfig, sample
-from .images import save_grid
+from sdm.images import save_grid
 from .neuron import set_threshold_scale
 from .unet import SpikingUNet, UNetConfig
 
@@ -21,8 +21,7 @@ def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, device:
     try:
         cfg = UNetConfig.from_dict(ckpt["model_config"])
         model = SpikingUNet(cfg)
-        weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-        model.load_state_dict(weights)
+        model.load_state_dict(checkpoint_weights(ckpt, use_ema))
         schedule = ScheduleConfig(**ckpt.get("diffusion", {}))
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

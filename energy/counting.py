@@ -1,9 +1,9 @@
 """Operation counts per layer of a spiking graph, from its structure and real spike counts.
 
-Conventions (DESIGN.md section 5; counts are per denoiser call and per image):
+Conventions (docs/energy.md; counts are per denoiser call and per image):
 
 * dense FLOPs of a conv = ``C_out * C_in * kH * kW * H_out * W_out`` multiply-accumulates per
-  spiking step (the papers' "FLOPs");
+  spiking step (the papers' "FLOPs", :func:`conv_flops`);
 * paper synaptic ops ``SOP = fr * T * FLOPs`` with ``fr`` the conv's input firing rate
   (spikes per input element per step);
 * exact synaptic events = for every input spike, the number of (output channel, output
@@ -12,22 +12,31 @@ Conventions (DESIGN.md section 5; counts are per denoiser call and per image):
 * convs on analog data (the first conv on the image, 1x1 shortcuts on residual streams) are
   MAC rows, like the TSM gains and the host-side layers (time MLP, block projections, tail);
 * the first conv's input is the same at every step, so it is computed once per call.
+
+Counting and pricing are separate and pure: :func:`count_layers` gives unpriced rows (one
+function per IR node type, :data:`ROW_FUNCTIONS`), :func:`price` returns priced copies.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from sdm.export.ir import AnalogInput, Conv, IFNeurons, SNNGraph, TemporalAffine, Upsample
+from sdm.errors import ConfigError
+from sdm.export.ir import (AnalogInput, Conv, HostParams, IFNeurons, Junction, Node, Output, SNNGraph, TemporalAffine,
+                           Upsample)
 
 from .presets import Preset
 
+Spikes = dict[str, np.ndarray]  # neuron group -> mean spikes per neuron per call, (C, H, W)
+CONVENTIONS = ("exact", "paper")  # the AC count :func:`price` uses: exact events or the paper's SOP
 
-@dataclass
+
+@dataclass(frozen=True)
 class Row:
     name: str
     layer: str  # conv | tsm_gain | neurons | host
@@ -39,11 +48,16 @@ class Row:
     synaptic_events: float  # exact events (AC rows)
     macs: float  # MAC rows
     neuron_updates: float
-    energy_pj: float = 0.0
-    share: float = 0.0
+    energy_pj: float = 0.0  # filled by price()
+    share: float = 0.0  # filled by price()
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _mac_row(name: str, layer: str, flops: float, executions: int) -> Row:
+    """A layer on analog data: ``flops`` multiply-accumulates per execution."""
+    return Row(name, layer, "MAC", None, flops, executions, 0.0, 0.0, flops * executions, 0.0)
 
 
 def fanout_map(conv: Conv, upsample: Upsample | None = None) -> np.ndarray:
@@ -64,45 +78,84 @@ def fanout_map(conv: Conv, upsample: Upsample | None = None) -> np.ndarray:
     return fan.numpy()
 
 
-def _spike_source(graph: SNNGraph, conv_name: str) -> tuple[str | None, Upsample | None]:
-    src = graph.nodes[graph.predecessors(conv_name)[0]]
-    if isinstance(src, IFNeurons):
-        return src.name, None
-    if isinstance(src, Upsample):
-        return graph.predecessors(src.name)[0], src
-    return None, None
+def conv_flops(conv: Conv) -> float:
+    """Dense multiply-accumulates of one step of ``conv``: ``C_out * C_in * kH * kW * H_out * W_out``."""
+    _, h_out, w_out = conv.shape
+    return float(conv.weight.size * h_out * w_out)
 
 
-def count_layers(graph: SNNGraph, spikes_per_call: dict[str, np.ndarray], T: int | None = None) -> list[Row]:
+def tail_conv_flops(host: HostParams) -> dict[str, float]:
+    """Dense multiply-accumulates of one step of each of the tail's two convs (at image size)."""
+    _, height, width = host.img_shape
+    return {"tail.conv": float(host.tail.conv_w.size * height * width),
+            "tail.out_conv": float(host.tail.out_w.size * height * width)}
+
+
+# ---- one row function per IR node type: (graph, node, spikes, T) -> Row, or None -----------------
+
+def _conv_row(graph: SNNGraph, node: Conv, spikes: Spikes, T: int) -> Row:
+    """A conv on spikes is an AC row (exact events and paper SOP); on analog currents a MAC row,
+    computed once per call when its input is the analog image (the same at every step)."""
+    flops = conv_flops(node)
+    source = graph.spike_source(node.name)
+    if source is None:
+        once = isinstance(graph.nodes[graph.predecessors(node.name)[0]], AnalogInput)
+        return _mac_row(node.name, "conv", flops, 1 if once else T)
+    neurons, upsample = source
+    counts = spikes[neurons.name]
+    rate = float(counts.mean()) / T
+    events = float((counts * fanout_map(node, upsample)).sum())
+    return Row(node.name, "conv", "AC", rate, flops, T, rate * T * flops, events, 0.0, 0.0)
+
+
+def _tsm_gain_row(graph: SNNGraph, node: TemporalAffine, spikes: Spikes, T: int) -> Row:
+    """One multiply per element and step."""
+    return _mac_row(node.name, "tsm_gain", float(np.prod(node.shape)), T)
+
+
+def _neurons_row(graph: SNNGraph, node: IFNeurons, spikes: Spikes, T: int) -> Row:
+    """One state update per neuron and step."""
+    size = float(np.prod(node.shape))
+    return Row(node.name, "neurons", "neuron", None, 0.0, T, 0.0, 0.0, 0.0, size * T)
+
+
+def _no_row(graph: SNNGraph, node: Node, spikes: Spikes, T: int) -> None:
+    """Inputs, upsampling (counted in the next conv's fan-out), sums and the output: not priced."""
+    return None
+
+
+ROW_FUNCTIONS: dict[type, Callable[[SNNGraph, Node, Spikes, int], Row | None]] = {
+    Conv: _conv_row,
+    TemporalAffine: _tsm_gain_row,
+    IFNeurons: _neurons_row,
+    AnalogInput: _no_row,
+    Upsample: _no_row,
+    Junction: _no_row,
+    Output: _no_row,
+}
+
+
+def _row_function(node: Node) -> Callable[[SNNGraph, Node, Spikes, int], Row | None]:
+    for cls in type(node).__mro__:
+        if cls in ROW_FUNCTIONS:
+            return ROW_FUNCTIONS[cls]
+    raise TypeError(f"{node.name}: no energy row for node type {type(node).__name__}")
+
+
+def count_layers(graph: SNNGraph, spikes_per_call: Spikes, T: int | None = None) -> list[Row]:
     """Rows for every layer, given each neuron group's mean spikes per neuron per call ``(C, H, W)``.
 
     ``T`` defaults to the graph's spiking steps (needed for graphs without a host side)."""
     if T is None:
         if graph.host is None:
-            raise ValueError("give T for a graph without host-side parameters")
+            raise ConfigError("give T for a graph without host-side parameters")
         T = graph.host.T
     rows = []
     for name in graph.topological_order():
         node = graph.nodes[name]
-        if isinstance(node, Conv):
-            c_out, h_out, w_out = node.shape
-            flops = float(node.weight.size * h_out * w_out)
-            src, up = _spike_source(graph, name)
-            if src is not None:
-                counts = spikes_per_call[src]
-                rate = float(counts.mean()) / T
-                events = float((counts * fanout_map(node, up)).sum())
-                rows.append(Row(name, "conv", "AC", rate, flops, T, rate * T * flops, events, 0.0, 0.0))
-            else:
-                once = isinstance(graph.nodes[graph.predecessors(name)[0]], AnalogInput)
-                n = 1 if once else T
-                rows.append(Row(name, "conv", "MAC", None, flops, n, 0.0, 0.0, flops * n, 0.0))
-        elif isinstance(node, TemporalAffine):
-            size = float(np.prod(node.shape))
-            rows.append(Row(name, "tsm_gain", "MAC", None, size, T, 0.0, 0.0, size * T, 0.0))
-        elif isinstance(node, IFNeurons):
-            size = float(np.prod(node.shape))
-            rows.append(Row(name, "neurons", "neuron", None, 0.0, T, 0.0, 0.0, 0.0, size * T))
+        row = _row_function(node)(graph, node, spikes_per_call, T)
+        if row is not None:
+            rows.append(row)
     if graph.host is not None:
         rows.extend(host_rows(graph))
     return rows
@@ -112,37 +165,42 @@ def host_rows(graph: SNNGraph) -> list[Row]:
     """The analog layers around the spiking graph, as MAC rows."""
     h = graph.host
     T = h.T
-    rows = []
-    mlp = float(h.time_mlp["fc1_w"].size + h.time_mlp["fc2_w"].size)
-    rows.append(Row("host.time_mlp", "host", "MAC", None, mlp, 1, 0.0, 0.0, mlp, 0.0))
-    for block, (w, _) in h.temb_proj.items():
-        rows.append(Row(f"host.{block}.temb_proj", "host", "MAC", None, float(w.size), 1, 0.0, 0.0, float(w.size), 0.0))
-    _, height, width = h.img_shape
-    ch = h.tail["bn_scale"].size
-    for key, label in (("conv_w", "tail.conv"), ("out_w", "tail.out_conv")):
-        flops = float(h.tail[key].size * height * width)
-        rows.append(Row(f"host.{label}", "host", "MAC", None, flops, T, 0.0, 0.0, flops * T, 0.0))
-    img = h.img_shape[0] * height * width
+    rows = [_mac_row("host.time_mlp", "host", float(h.time_mlp.fc1_w.size + h.time_mlp.fc2_w.size), 1)]
+    rows += [_mac_row(f"host.{block}.temb_proj", "host", float(proj.w.size), 1) for block, proj in h.temb_proj.items()]
+    rows += [_mac_row(f"host.{label}", "host", flops, T) for label, flops in tail_conv_flops(h).items()]
+    c_img, height, width = h.img_shape
+    img = c_img * height * width
     # tail BatchNorm (affine), output BatchNorm, TSM gain of the tail conv and the membrane readout
-    elementwise = float(ch * height * width + img * (2 if "conv_gain" in h.tail else 1) + img)
-    rows.append(Row("host.tail.norm_readout", "host", "MAC", None, elementwise, T, 0.0, 0.0, elementwise * T, 0.0))
+    elementwise = float(h.tail.channels * height * width + img * (2 if h.tail.conv_gain is not None else 1) + img)
+    rows.append(_mac_row("host.tail.norm_readout", "host", elementwise, T))
     return rows
 
 
-def price(rows: list[Row], preset: Preset, convention: str = "exact", memory: bool = False) -> float:
-    """Fill ``energy_pj`` and ``share``; ``convention`` picks the AC count (exact events or paper SOP)."""
-    for r in rows:
-        if r.kind == "AC":
-            n = r.synaptic_events if convention == "exact" else r.sop_paper
-            r.energy_pj = n * preset.ac_pj + (n * preset.memory_pj_per_weight_read if memory else 0.0)
-        elif r.kind == "MAC":
-            r.energy_pj = r.macs * preset.mac_pj + (r.macs * preset.memory_pj_per_weight_read if memory else 0.0)
-        else:
-            r.energy_pj = r.neuron_updates * preset.neuron_update_pj
-    total = sum(r.energy_pj for r in rows)
-    for r in rows:
-        r.share = r.energy_pj / total if total else 0.0
-    return total
+@dataclass(frozen=True)
+class Priced:
+    """Rows priced under one convention: copies with ``energy_pj`` and ``share`` filled in."""
+
+    rows: list[Row]
+    total_pj: float
+
+
+def row_energy_pj(row: Row, preset: Preset, convention: str = "exact", memory: bool = False) -> float:
+    """One row's energy; ``convention`` picks the AC count (exact events or paper SOP)."""
+    if row.kind == "AC":
+        n = row.synaptic_events if convention == "exact" else row.sop_paper
+        return n * preset.ac_pj + (n * preset.memory_pj_per_weight_read if memory else 0.0)
+    if row.kind == "MAC":
+        return row.macs * preset.mac_pj + (row.macs * preset.memory_pj_per_weight_read if memory else 0.0)
+    return row.neuron_updates * preset.neuron_update_pj
+
+
+def price(rows: list[Row], preset: Preset, convention: str = "exact", memory: bool = False) -> Priced:
+    """Priced copies of ``rows`` (energy and share of the total) and the total; ``rows`` stay as they are."""
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown counting convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
+    energies = [row_energy_pj(r, preset, convention, memory) for r in rows]
+    total = sum(energies)
+    return Priced([replace(r, energy_pj=e, share=e / total if total else 0.0) for r, e in zip(rows, energies)], total)
 
 
 def paper_formula_pj(rows: list[Row], preset: Preset) -> float:
@@ -151,16 +209,14 @@ def paper_formula_pj(rows: list[Row], preset: Preset) -> float:
     return preset.mac_pj * first.dense_flops + preset.ac_pj * sum(r.sop_paper for r in rows if r.kind == "AC")
 
 
-def ann_macs(graph: SNNGraph) -> float:
-    """The same UNet as an ANN (ReLU/Swish instead of spikes, no T): every layer once, dense."""
-    rows = count_layers(graph, {n.name: np.zeros(n.shape) for n in graph.of_type(IFNeurons)}, T=1)
-    return sum(r.dense_flops for r in rows if r.layer in ("conv", "host"))
-
-
 def dense_conv_macs(graph: SNNGraph) -> float:
     """Dense MACs of one pass of every conv of the UNet (spiking graph and tail), one step."""
-    convs = sum(float(n.weight.size * n.shape[1] * n.shape[2]) for n in graph.of_type(Conv))
-    if graph.host is None:
-        return convs
-    _, h, w = graph.host.img_shape
-    return convs + float((graph.host.tail["conv_w"].size + graph.host.tail["out_w"].size) * h * w)
+    tail = sum(tail_conv_flops(graph.host).values()) if graph.host is not None else 0.0
+    return sum(conv_flops(n) for n in graph.of_type(Conv)) + tail
+
+
+def ann_macs(graph: SNNGraph) -> float:
+    """The same UNet as an ANN (ReLU/Swish instead of spikes, no T): every conv and every host
+    layer (:func:`host_rows`, the tail's convs included) once, dense."""
+    host = sum(r.dense_flops for r in host_rows(graph)) if graph.host is not None else 0.0
+    return sum(conv_flops(n) for n in graph.of_type(Conv)) + host

@@ -18,6 +18,7 @@ import torch
 
 from sdm.export.ir import Conv, IFNeurons, SNNGraph
 from sdm.train.neuron import IFNeuron
+from sdm.train.samplers import denoise, make_sampler
 from sdm.train.unet import SpikingUNet
 from sdm.errors import SDMError
 
@@ -53,11 +54,16 @@ def graph_fingerprint(graph: SNNGraph) -> str:
 
 
 def _module_to_graph(graph: SNNGraph, module_name: str, spikes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split a neuron module's output on a concatenation into the graph's ``.h`` / ``.skip`` groups."""
-    if module_name in graph.nodes:
-        return {module_name: spikes}
-    c_h = graph.nodes[module_name + ".h"].shape[0]
-    return {module_name + ".h": spikes[:, :, :c_h], module_name + ".skip": spikes[:, :, c_h:]}
+    """A neuron module's output as the graph's neuron groups: the groups whose origin is the module,
+    each taking its channel range (the parts of a concatenation) or all of it."""
+    out = {}
+    for node in graph.of_type(IFNeurons):
+        if node.module == module_name:
+            ch = node.origin.channels if node.origin is not None else None
+            out[node.name] = spikes if ch is None else spikes[:, :, ch[0]:ch[1]]
+    if not out:
+        raise SpikeRecordError(f"neuron layer {module_name!r} of the model has no neuron group in the graph")
+    return out
 
 
 def model_spike_counts(model: SpikingUNet, graph: SNNGraph, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
@@ -82,32 +88,23 @@ def model_spike_counts(model: SpikingUNet, graph: SNNGraph, inputs: list[tuple[t
 
 def trajectory_inputs(model: SpikingUNet, diffusion, n: int, steps: int, seed: int, sampler: str = "ddim",
                       data=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``(x_t, t)`` of each denoiser call: a real sampling trajectory from noise, or, with
-    ``data``, training images noised to the same timesteps."""
+    """The ``(x_t, t)`` of each denoiser call: a real sampling trajectory from noise (DDIM's
+    ``steps`` calls, or DDPM's first ``steps``), or, with ``data``, training images noised to the
+    same timesteps."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
-    ts = diffusion.ddim_timesteps(steps) if sampler == "ddim" else \
-        list(range(diffusion.steps - 1, diffusion.steps - 1 - steps, -1))
+    chain = make_sampler(sampler, diffusion, steps)
     dtype = next(model.parameters()).dtype
     calls = []
     if data is not None:
         idx = torch.randperm(len(data), generator=g)[:n]
         x0 = torch.stack([data[int(i)] for i in idx]).to(dtype)
-        for t in ts:
+        for t, _ in chain.pairs(steps):
             tt = torch.full((n,), t, dtype=torch.long)
             calls.append((diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=g, dtype=dtype)), tt))
         return calls
     x = torch.randn((n, cfg.img_ch, cfg.img_size, cfg.img_size), generator=g, dtype=dtype)
-    with torch.no_grad():
-        for i, t in enumerate(ts):
-            tt = torch.full((n,), t, dtype=torch.long)
-            calls.append((x, tt))
-            eps = model(x, tt)
-            s = ts[i + 1] if i + 1 < len(ts) else -1
-            if sampler == "ddim":
-                x = diffusion.ddim_step(x, t, s, eps, None)
-            else:
-                x = diffusion.ddpm_step(x, t, eps, torch.randn(x.shape, generator=g, dtype=dtype) if t else None)
+    denoise(model, chain, x, g, limit=steps, on_call=lambda x_t, t, eps: calls.append((x_t, t)))
     return calls
 
 

@@ -12,9 +12,9 @@ import torch
 from sdm.train.sampling import model_from_checkpoint
 
 from .execute import GraphDenoiser
-from .ir import IFNeurons, SNNGraph, TemporalAffine, Upsample
+from .ir import IFNeurons, SNNGraph
 from .lower import lower_unet
-from .nir_format import file_counts, read_nir, write_nir
+from .nir_format import extensions_used, file_counts, read_nir, write_nir
 
 DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64)}
 
@@ -47,9 +47,7 @@ def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike
 
 
 def graph_summary(graph: SNNGraph) -> dict:
-    ext = sorted({"temporal_affine" for _ in graph.of_type(TemporalAffine)} |
-                 {"upsample_nearest" for _ in graph.of_type(Upsample)} |
-                 {"if_neuron" for n in graph.of_type(IFNeurons) if n.reset != "zero" or n.v_init != 0.0 or n.signed})
+    ext = extensions_used(graph)
     return {"nodes": len(graph.nodes), "edges": len(graph.edges), "parameters": graph.num_parameters(),
             "neurons": sum(int(np.prod(n.shape)) for n in graph.of_type(IFNeurons)),
             "neuron_groups": sum(1 for _ in graph.of_type(IFNeurons)), "extensions": ext, "T": graph.host.T}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sdm.errors import GraphError
 from sdm.train.neuron import multistep_if
 
 from .ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
@@ -24,6 +25,9 @@ class GraphModule(nn.Module):
     ``threshold_scale`` scales every threshold stored in the graph (threshold guidance on top
     of whatever scale was baked in at export).  With ``record=True`` the spikes of every neuron
     group of the last call are kept in ``self.spikes[name]`` as ``[T, B, C, H, W]`` tensors.
+
+    Each node type has one ``_run_<type>`` method (the table ``_RUN``) mapping its summed input
+    ``[T, B, C, H, W]`` to its output, and one ``_load_<type>`` that keeps its parameters.
     """
 
     def __init__(self, graph: SNNGraph, T: int, dtype: torch.dtype = torch.float32):
@@ -39,68 +43,85 @@ class GraphModule(nn.Module):
         self._params = nn.ParameterDict()
         self._uniform_threshold: dict[str, float] = {}
         for name, node in graph.nodes.items():
-            key = name.replace(".", "__")
-            if isinstance(node, Conv):
-                self._params[key + "__w"] = self._p(node.weight)
-                self._params[key + "__b"] = self._p(node.bias)
-            elif isinstance(node, TemporalAffine):
-                if node.gain.shape[0] != self.T:
-                    raise ValueError(f"{name}: TSM gain has {node.gain.shape[0]} steps, the graph runs {self.T}")
-                self._params[key + "__g"] = self._p(node.gain.reshape(-1, 1, 1, 1, 1))
-                self._params[key + "__o"] = self._p(node.offset.reshape(1, 1, -1, 1, 1))
-            elif isinstance(node, IFNeurons):
-                th = node.threshold
-                if np.all(th == th.flat[0]):
-                    self._uniform_threshold[name] = float(th.flat[0])
-                else:
-                    self._params[key + "__th"] = self._p(th)
+            load = self._LOAD.get(type(node))
+            if load is not None:
+                load(self, name.replace(".", "__"), node)
 
     def _p(self, a: np.ndarray) -> nn.Parameter:
         return nn.Parameter(torch.as_tensor(np.asarray(a)).to(self.dtype), requires_grad=False)
+
+    # ----- parameters, per node type -----------------------------------------------------------
+    def _load_conv(self, key: str, node: Conv) -> None:
+        self._params[key + "__w"] = self._p(node.weight)
+        self._params[key + "__b"] = self._p(node.bias)
+
+    def _load_temporal_affine(self, key: str, node: TemporalAffine) -> None:
+        if node.gain.shape[0] != self.T:
+            raise GraphError(f"{node.name}: TSM gain has {node.gain.shape[0]} steps, the graph runs {self.T}")
+        self._params[key + "__g"] = self._p(node.gain.reshape(-1, 1, 1, 1, 1))
+        self._params[key + "__o"] = self._p(node.offset.reshape(1, 1, -1, 1, 1))
+
+    def _load_neurons(self, key: str, node: IFNeurons) -> None:
+        th = node.threshold
+        if np.all(th == th.flat[0]):
+            self._uniform_threshold[node.name] = float(th.flat[0])
+        else:
+            self._params[key + "__th"] = self._p(th)
+
+    _LOAD = {Conv: _load_conv, TemporalAffine: _load_temporal_affine, IFNeurons: _load_neurons}
 
     def analog_input(self, node: AnalogInput, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[T, B, C, H, W]`` current of an input node; ``inputs[name]`` is ``[B, C, H, W]``."""
         x = inputs[node.name].to(self.dtype)
         return x.unsqueeze(0).expand(self.T, *x.shape)
 
-    # ----- the spiking graph ----------------------------------------------------------------
+    # ----- one step of the graph walk, per node type ----------------------------------------------
+    @staticmethod
+    def _per_frame(fn, inp: torch.Tensor) -> torch.Tensor:
+        """Apply a 2-D operation to every (step, image) frame of ``[T, B, C, H, W]``."""
+        T, B = inp.shape[:2]
+        y = fn(inp.reshape(T * B, *inp.shape[2:]))
+        return y.view(T, B, *y.shape[1:])
+
+    def _run_conv(self, key: str, node: Conv, inp: torch.Tensor) -> torch.Tensor:
+        return self._per_frame(lambda x: F.conv2d(x, self._params[key + "__w"], self._params[key + "__b"],
+                                                  stride=node.stride, padding=node.padding), inp)
+
+    def _run_temporal_affine(self, key: str, node: TemporalAffine, inp: torch.Tensor) -> torch.Tensor:
+        return inp * self._params[key + "__g"] + self._params[key + "__o"]
+
+    def _run_neurons(self, key: str, node: IFNeurons, inp: torch.Tensor) -> torch.Tensor:
+        th = self._uniform_threshold.get(node.name)
+        th = (th if th is not None else self._params[key + "__th"]) * self.threshold_scale
+        out = multistep_if(inp, th, params=node.params)
+        if self.record:
+            self.spikes[node.name] = out
+        return out
+
+    def _run_upsample(self, key: str, node: Upsample, inp: torch.Tensor) -> torch.Tensor:
+        return self._per_frame(lambda x: F.interpolate(x, scale_factor=node.scale, mode="nearest"), inp)
+
+    def _run_stream(self, key: str, node: Junction | Output, inp: torch.Tensor) -> torch.Tensor:
+        return inp
+
+    _RUN = {Conv: _run_conv, TemporalAffine: _run_temporal_affine, IFNeurons: _run_neurons,
+            Upsample: _run_upsample, Junction: _run_stream, Output: _run_stream}
+
     @torch.no_grad()
     def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-step output ``[T, B, C, H, W]`` of the graph; ``inputs`` maps each input node to ``[B, C, H, W]``."""
-        first = next(iter(inputs.values()))
-        T, B = self.T, first.shape[0]
         vals: dict[str, torch.Tensor] = {}
         if self.record:
             self.spikes = {}
         for name in self.order:
             node = self.graph.nodes[name]
-            key = name.replace(".", "__")
             if isinstance(node, AnalogInput):
                 vals[name] = self.analog_input(node, inputs)
                 continue
             inp = None
             for src in self.preds[name]:
                 inp = vals[src] if inp is None else inp + vals[src]
-            if isinstance(node, Conv):
-                y = F.conv2d(inp.reshape(T * B, *inp.shape[2:]), self._params[key + "__w"],
-                             self._params[key + "__b"], stride=node.stride, padding=node.padding)
-                out = y.view(T, B, *y.shape[1:])
-            elif isinstance(node, TemporalAffine):
-                out = inp * self._params[key + "__g"] + self._params[key + "__o"]
-            elif isinstance(node, IFNeurons):
-                th = self._uniform_threshold.get(name)
-                th = th * self.threshold_scale if th is not None else self._params[key + "__th"] * self.threshold_scale
-                out = multistep_if(inp, th, node.decay, reset=node.reset, v_init=node.v_init, signed=node.signed)
-                if self.record:
-                    self.spikes[name] = out
-            elif isinstance(node, Upsample):
-                y = F.interpolate(inp.reshape(T * B, *inp.shape[2:]), scale_factor=node.scale, mode="nearest")
-                out = y.view(T, B, *y.shape[1:])
-            elif isinstance(node, (Junction, Output)):
-                out = inp
-            else:  # validated graphs hold only the types above
-                raise TypeError(f"{name}: cannot execute {type(node).__name__}")
-            vals[name] = out
+            vals[name] = self._RUN[type(node)](self, name.replace(".", "__"), node, inp)
         return vals[self.graph.output.name]
 
 
@@ -109,32 +130,32 @@ class GraphDenoiser(GraphModule):
 
     def __init__(self, graph: SNNGraph, dtype: torch.dtype = torch.float32):
         if graph.host is None:
-            raise ValueError("the graph has no host-side parameters (time embedding, tail): not a denoiser")
+            raise GraphError("the graph has no host-side parameters (time embedding, tail): not a denoiser")
         super().__init__(graph, graph.host.T, dtype)
         host = graph.host
-        self._host = nn.ParameterDict({k: self._p(v) for k, v in host.time_mlp.items()})
-        for k, v in host.tail.items():
-            self._host["tail__" + k] = self._p(v)
-        for block, (w, b) in host.temb_proj.items():
+        self._mlp = nn.ParameterDict({k: self._p(v) for k, v in host.time_mlp.arrays().items()})
+        self._tail = nn.ParameterDict({k: self._p(v) for k, v in host.tail.arrays().items()})
+        self._proj = nn.ParameterDict()
+        for block, proj in host.temb_proj.items():
             key = block.replace(".", "__")
-            self._host[key + "__w"] = self._p(w)
-            self._host[key + "__b"] = self._p(b)
+            self._proj[key + "__w"] = self._p(proj.w)
+            self._proj[key + "__b"] = self._p(proj.b)
         self.mean_first = host.readout == "mean"
         decay = host.readout_decay ** np.arange((1 if self.mean_first else self.T) - 1, -1, -1, dtype=np.float64)
-        self._host["readout"] = self._p(decay)
+        self._readout = self._p(decay)
 
     # ----- host side ----------------------------------------------------------------------
     def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
-        p = self._host
+        p = self._mlp
         h = F.linear(p["table"][t], p["fc1_w"], p["fc1_b"])
         return F.linear(F.silu(h), p["fc2_w"], p["fc2_b"])
 
     def temb_current(self, block: str, temb: torch.Tensor) -> torch.Tensor:
         key = block.replace(".", "__")
-        return F.linear(F.silu(temb), self._host[key + "__w"], self._host[key + "__b"])
+        return F.linear(F.silu(temb), self._proj[key + "__w"], self._proj[key + "__b"])
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
-        p = {k[len("tail__"):]: v for k, v in self._host.items() if k.startswith("tail__")}
+        p = self._tail
         if self.mean_first:
             h = h.mean(0, keepdim=True)
         T, B = h.shape[:2]
@@ -146,7 +167,7 @@ class GraphDenoiser(GraphModule):
         g = F.conv2d(y.flatten(0, 1), p["out_w"], p["out_b"], padding=p["out_w"].shape[-1] // 2).view(y.shape)
         g = g * p["out_bn_scale"].view(1, 1, -1, 1, 1) + p["out_bn_shift"].view(1, 1, -1, 1, 1)
         y = F.silu(g) + y
-        return torch.einsum("t,t...->...", self._host["readout"], y)
+        return torch.einsum("t,t...->...", self._readout, y)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,15 @@ delay between nodes.  Shapes are ``(C, H, W)`` without batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
+
+from sdm.errors import GraphError
+from sdm.train.diffusion import ScheduleConfig
+from sdm.train.neuron import NeuronParams
 
 Shape = tuple[int, int, int]
 
@@ -23,26 +28,60 @@ Shape = tuple[int, int, int]
 def _shape(s) -> Shape:
     s = tuple(int(v) for v in s)
     if len(s) != 3 or min(s) < 1:
-        raise ValueError(f"expected a (C, H, W) shape, got {s}")
+        raise GraphError(f"expected a (C, H, W) shape, got {s}")
     return s  # type: ignore[return-value]
 
 
-@dataclass
-class Node:
+@dataclass(frozen=True)
+class Origin:
+    """Where a node came from in the trained model: the PyTorch module's name and, for a node
+    that holds part of it, the channel range ``[start, stop)`` it covers (a neuron group on one
+    part of a concatenation, a conv on one part of its input).  ``channels=None``: all of it."""
+
+    module: str
+    channels: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.channels is not None:
+            start, stop = (int(c) for c in self.channels)
+            if not 0 <= start < stop:
+                raise GraphError(f"{self.module}: bad channel range {self.channels}")
+            object.__setattr__(self, "channels", (start, stop))
+
+
+@dataclass(eq=False)
+class Node(ABC):
+    """A node of the spiking graph; nodes compare by identity, as NIR's do.
+
+    ``origin`` records the model module a node was lowered from (None for graphs that other
+    tools wrote); consumers that map graph nodes back to a model read it instead of parsing names."""
+
     name: str
+    origin: Origin | None = field(default=None, kw_only=True)
 
     @property
-    def shape(self) -> Shape:  # output shape
-        raise NotImplementedError
+    @abstractmethod
+    def shape(self) -> Shape:
+        """The output shape (C, H, W)."""
+
+    @property
+    def input_shape(self) -> Shape:
+        """The shape every incoming edge must have (the fan-in sum's shape)."""
+        return self.shape
+
+    @property
+    def module(self) -> str:
+        """The model module this node came from (its own name when it has no origin)."""
+        return self.origin.module if self.origin is not None else self.name
 
 
-@dataclass
+@dataclass(eq=False)
 class AnalogInput(Node):
     """Host-provided analog current, identical at every spiking step of a call.
 
     ``kind == "image"``: the noisy image ``x_t`` (direct encoding).
     ``kind == "temb"``: ``temb_proj[block](swish(temb(t)))``, a ``[C]`` vector broadcast over H, W;
-    ``block`` names the host-side projection (see :class:`HostParams`).
+    ``block`` names the host-side projection (see :class:`HostParams`).  Inputs take no edges.
     """
 
     out_shape: Shape
@@ -52,16 +91,16 @@ class AnalogInput(Node):
     def __post_init__(self):
         self.out_shape = _shape(self.out_shape)
         if self.kind not in ("image", "temb"):
-            raise ValueError(f"{self.name}: unknown analog input kind {self.kind!r}")
+            raise GraphError(f"{self.name}: unknown analog input kind {self.kind!r}")
         if self.kind == "temb" and not self.block:
-            raise ValueError(f"{self.name}: a temb input must name its block")
+            raise GraphError(f"{self.name}: a temb input must name its block")
 
     @property
     def shape(self) -> Shape:
         return self.out_shape
 
 
-@dataclass
+@dataclass(eq=False)
 class Conv(Node):
     """``y = conv2d(x, weight, stride, padding) + bias`` (cross-correlation, PyTorch layout).
 
@@ -78,12 +117,16 @@ class Conv(Node):
     def __post_init__(self):
         self.in_shape = _shape(self.in_shape)
         if self.weight.ndim != 4 or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"{self.name}: weight {self.weight.shape} / bias {self.bias.shape} mismatch")
+            raise GraphError(f"{self.name}: weight {self.weight.shape} / bias {self.bias.shape} mismatch")
         if self.weight.shape[1] != self.in_shape[0]:
-            raise ValueError(f"{self.name}: weight expects {self.weight.shape[1]} input channels, "
+            raise GraphError(f"{self.name}: weight expects {self.weight.shape[1]} input channels, "
                              f"input has {self.in_shape[0]}")
         if self.stride < 1 or self.padding < 0:
-            raise ValueError(f"{self.name}: bad stride {self.stride} / padding {self.padding}")
+            raise GraphError(f"{self.name}: bad stride {self.stride} / padding {self.padding}")
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.in_shape
 
     @property
     def shape(self) -> Shape:
@@ -94,7 +137,7 @@ class Conv(Node):
         return (self.weight.shape[0], out_h, out_w)
 
 
-@dataclass
+@dataclass(eq=False)
 class TemporalAffine(Node):
     """TSM gain with the folded BatchNorm shift: ``y[n] = gain[n] * x[n] + offset[c]`` at step n.
 
@@ -108,7 +151,7 @@ class TemporalAffine(Node):
     def __post_init__(self):
         self.out_shape = _shape(self.out_shape)
         if self.gain.ndim != 1 or self.offset.shape != (self.out_shape[0],):
-            raise ValueError(f"{self.name}: gain must be (T,) and offset (C,) = ({self.out_shape[0]},), "
+            raise GraphError(f"{self.name}: gain must be (T,) and offset (C,) = ({self.out_shape[0]},), "
                              f"got {self.gain.shape} and {self.offset.shape}")
 
     @property
@@ -116,9 +159,10 @@ class TemporalAffine(Node):
         return self.out_shape
 
 
-@dataclass
+@dataclass(eq=False)
 class IFNeurons(Node):
-    """Integrate-and-fire neurons, one per element of ``threshold`` (C, H, W)::
+    """Integrate-and-fire neurons, one per element of ``threshold`` (C, H, W), with the dynamics
+    of ``params`` (:class:`sdm.train.neuron.NeuronParams`, the one neuron record)::
 
         h[n] = decay * v[n-1] + I[n];  s[n] = (h[n] >= threshold);  v[-1] = v_init * threshold
         v[n] = h[n] * (1 - s[n])             reset = "zero" (default)
@@ -126,32 +170,36 @@ class IFNeurons(Node):
 
     ``signed`` (subtractive reset only) adds inhibitory spikes, with ``c`` the net spike count::
 
-        s-[n] = (h[n] - threshold * s[n] <= -1e-3) and (c[n-1] + s[n] > 0)
+        s-[n] = (h[n] - threshold * s[n] <= -inhibit_margin) and (c[n-1] + s[n] > 0)
         v[n] += threshold * s-[n];  c[n] = c[n-1] + s[n] - s-[n];  output s[n] - s-[n]
     """
 
     threshold: np.ndarray  # (C, H, W)
-    decay: float = 1.0
-    reset: str = "zero"
-    v_init: float = 0.0  # fraction of the threshold
-    signed: bool = False
+    params: NeuronParams = field(default_factory=NeuronParams)
 
     def __post_init__(self):
         if self.threshold.ndim != 3 or not np.all(self.threshold > 0):
-            raise ValueError(f"{self.name}: threshold must be a positive (C, H, W) array")
-        if not 0.0 < self.decay <= 1.0:
-            raise ValueError(f"{self.name}: decay must be in (0, 1], got {self.decay}")
-        if self.reset not in ("zero", "subtract"):
-            raise ValueError(f"{self.name}: reset must be zero or subtract, got {self.reset!r}")
-        if self.signed and self.reset != "subtract":
-            raise ValueError(f"{self.name}: signed spikes need reset = subtract")
+            raise GraphError(f"{self.name}: threshold must be a positive (C, H, W) array")
+        if not isinstance(self.params, NeuronParams):
+            raise GraphError(f"{self.name}: params must be a NeuronParams record")
+
+    decay = property(lambda self: self.params.decay)
+    reset = property(lambda self: self.params.reset)
+    v_init = property(lambda self: self.params.v_init)
+    signed = property(lambda self: self.params.signed)
+    inhibit_margin = property(lambda self: self.params.inhibit_margin)
+
+    @property
+    def standard(self) -> bool:
+        """Whether NIR's own IF/LIF expresses it: hard reset to 0, starting at 0, binary spikes."""
+        return self.reset == "zero" and self.v_init == 0.0 and not self.signed
 
     @property
     def shape(self) -> Shape:
         return _shape(self.threshold.shape)
 
 
-@dataclass
+@dataclass(eq=False)
 class Upsample(Node):
     """Nearest-neighbour upsampling: ``y[c, i, j] = x[c, i // scale, j // scale]``."""
 
@@ -161,7 +209,11 @@ class Upsample(Node):
     def __post_init__(self):
         self.in_shape = _shape(self.in_shape)
         if self.scale < 1:
-            raise ValueError(f"{self.name}: scale must be >= 1")
+            raise GraphError(f"{self.name}: scale must be >= 1")
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.in_shape
 
     @property
     def shape(self) -> Shape:
@@ -169,62 +221,124 @@ class Upsample(Node):
         return (c, h * self.scale, w * self.scale)
 
 
-@dataclass
-class Junction(Node):
+@dataclass(eq=False)
+class _Stream(Node):
+    """A node that passes on the sum of its inputs unchanged."""
+
+    out_shape: Shape
+
+    def __post_init__(self):
+        self.out_shape = _shape(self.out_shape)
+
+    @property
+    def shape(self) -> Shape:
+        return self.out_shape
+
+
+@dataclass(eq=False)
+class Junction(_Stream):
     """A float current that is the sum of its inputs (a residual stream); computes nothing else."""
 
-    out_shape: Shape
 
-    def __post_init__(self):
-        self.out_shape = _shape(self.out_shape)
-
-    @property
-    def shape(self) -> Shape:
-        return self.out_shape
-
-
-@dataclass
-class Output(Node):
+@dataclass(eq=False)
+class Output(_Stream):
     """The graph's per-step analog output, read by the host-side tail."""
-
-    out_shape: Shape
-
-    def __post_init__(self):
-        self.out_shape = _shape(self.out_shape)
-
-    @property
-    def shape(self) -> Shape:
-        return self.out_shape
 
 
 NODE_TYPES = (AnalogInput, Conv, TemporalAffine, IFNeurons, Upsample, Junction, Output)
 
 
-@dataclass
+class _Arrays:
+    """A record of named arrays (host-side layers); ``arrays()`` is how files store it."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], what: str):
+        names = {f.name for f in fields(cls)}
+        unknown = set(arrays) - names
+        if unknown:
+            raise GraphError(f"{what}: unknown arrays {sorted(unknown)}")
+        return cls(**{k: np.asarray(v) for k, v in arrays.items()})
+
+
+@dataclass(eq=False)
+class TimeMLP(_Arrays):
+    """``temb = fc2_w @ swish(fc1_w @ table[t] + fc1_b) + fc2_b``, once per denoiser call."""
+
+    table: np.ndarray  # [diffusion steps, ch] sinusoid table
+    fc1_w: np.ndarray
+    fc1_b: np.ndarray
+    fc2_w: np.ndarray
+    fc2_b: np.ndarray
+
+
+@dataclass(eq=False)
+class BlockProjection(_Arrays):
+    """A residual block's time-embedding current ``w @ swish(temb) + b`` (``[C]``, broadcast over H, W)."""
+
+    w: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(eq=False)
+class Tail(_Arrays):
+    """The analog readout after the spiking graph, per spiking step::
+
+        h = gain * conv(swish(bn_scale * x + bn_shift))          (gain = conv_gain[t], TSM; else 1)
+        h = h + swish(out_bn_scale * out_conv(h) + out_bn_shift)
+    """
+
+    bn_scale: np.ndarray
+    bn_shift: np.ndarray
+    conv_w: np.ndarray
+    conv_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+    out_bn_scale: np.ndarray
+    out_bn_shift: np.ndarray
+    conv_gain: np.ndarray | None = None  # [T] TSM gain of the tail conv
+
+    @property
+    def channels(self) -> int:
+        return int(self.bn_scale.size)
+
+
+READOUTS = ("membrane", "mean")
+
+
+@dataclass(eq=False)
 class HostParams:
     """Everything that runs on the host around the spiking graph, once per denoiser call.
 
-    ``time_mlp``: ``table [N, ch]``, ``fc1_w/b``, ``fc2_w/b``: temb = fc2(swish(fc1(table[t]))).
-    ``temb_proj[block]``: ``(w, b)``: the block's current ``w @ swish(temb) + b``.
-    ``tail``: ``bn_scale/bn_shift`` (folded BatchNorm), ``conv_w/b``, optional ``conv_gain [T]``,
-    ``out_w/b``, ``out_bn_scale/shift``: per step ``h = gain*conv(swish(bn(x)))``, ``h += swish(out_bn(out_conv(h)))``;
-    then ``eps = sum_t readout_decay^(T-1-t) h[t]``.  ``readout = "mean"`` (converted models): the
-    tail runs once on ``mean_t x[t]`` and ``eps`` is its output.
+    The time embedding (:class:`TimeMLP`) feeds each block's projection (``temb_proj[block]``,
+    a :class:`BlockProjection`), the graph's per-step output goes through the :class:`Tail`,
+    then ``eps = sum_t readout_decay^(T-1-t) h[t]``.  ``readout = "mean"`` (converted models):
+    the tail runs once on ``mean_t x[t]`` and ``eps`` is its output.  ``schedule`` is the
+    diffusion schedule the model was trained with.
     """
 
     T: int
     img_shape: Shape
-    time_mlp: dict[str, np.ndarray]
-    temb_proj: dict[str, tuple[np.ndarray, np.ndarray]]
-    tail: dict[str, np.ndarray]
+    time_mlp: TimeMLP
+    temb_proj: dict[str, BlockProjection]
+    tail: Tail
     readout_decay: float = 0.8
-    schedule: dict[str, float] = field(default_factory=lambda: {"steps": 1000, "beta_start": 1e-4, "beta_end": 0.02})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     theta: float = 1.0
     threshold_scale: float = 1.0
     readout: str = "membrane"  # membrane | mean
 
+    def __post_init__(self):
+        self.img_shape = _shape(self.img_shape)
+        if self.T < 1:
+            raise GraphError(f"host: T must be >= 1, got {self.T}")
+        if self.readout not in READOUTS:
+            raise GraphError(f"host: readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
-@dataclass
+
+@dataclass(eq=False)
 class SNNGraph:
     nodes: dict[str, Node]
     edges: list[tuple[str, str]]
@@ -234,36 +348,33 @@ class SNNGraph:
         self.validate()
 
     def validate(self) -> None:
-        """Check names, edges and shapes; raises ValueError naming the node."""
+        """Check names, edges and shapes; raises :class:`GraphError` naming the node."""
         for name, node in self.nodes.items():
             if name != node.name:
-                raise ValueError(f"node key {name!r} differs from its name {node.name!r}")
+                raise GraphError(f"node key {name!r} differs from its name {node.name!r}")
             if not isinstance(node, NODE_TYPES):
-                raise ValueError(f"{name}: unsupported node type {type(node).__name__}")
+                raise GraphError(f"{name}: unsupported node type {type(node).__name__}")
         seen = set()
         for src, dst in self.edges:
             for end in (src, dst):
                 if end not in self.nodes:
-                    raise ValueError(f"edge ({src} -> {dst}) names unknown node {end!r}")
+                    raise GraphError(f"edge ({src} -> {dst}) names unknown node {end!r}")
             if (src, dst) in seen:
-                raise ValueError(f"duplicate edge ({src} -> {dst})")
+                raise GraphError(f"duplicate edge ({src} -> {dst})")
             seen.add((src, dst))
             if isinstance(self.nodes[dst], AnalogInput):
-                raise ValueError(f"edge ({src} -> {dst}): inputs take no edges")
+                raise GraphError(f"edge ({src} -> {dst}): inputs take no edges")
             expected = self.input_shape(dst)
             if self.nodes[src].shape != expected:
-                raise ValueError(f"shape mismatch on edge ({src} -> {dst}): {list(self.nodes[src].shape)} "
+                raise GraphError(f"shape mismatch on edge ({src} -> {dst}): {list(self.nodes[src].shape)} "
                                  f"-> {list(expected)}")
         for name, node in self.nodes.items():
             if not isinstance(node, AnalogInput) and not self.predecessors(name):
-                raise ValueError(f"{name}: has no input edges")
+                raise GraphError(f"{name}: has no input edges")
         self.topological_order()  # raises on cycles
 
     def input_shape(self, name: str) -> Shape:
-        node = self.nodes[name]
-        if isinstance(node, (Conv, Upsample)):
-            return node.in_shape
-        return node.shape
+        return self.nodes[name].input_shape
 
     def predecessors(self, name: str) -> list[str]:
         return [s for s, d in self.edges if d == name]
@@ -285,7 +396,7 @@ class SNNGraph:
                 if indeg[d] == 0:
                     ready.append(d)
         if len(order) != len(self.nodes):
-            raise ValueError("the graph has a cycle; recurrent graphs are not supported")
+            raise GraphError("the graph has a cycle; recurrent graphs are not supported")
         return order
 
     def of_type(self, cls) -> Iterator[Node]:
@@ -295,8 +406,17 @@ class SNNGraph:
     def output(self) -> Output:
         outs = list(self.of_type(Output))
         if len(outs) != 1:
-            raise ValueError(f"expected one Output node, found {len(outs)}")
+            raise GraphError(f"expected one Output node, found {len(outs)}")
         return outs[0]
+
+    def spike_source(self, conv: str) -> tuple[IFNeurons, Upsample | None] | None:
+        """The neuron group whose spikes conv ``conv`` reads, directly or through an upsampling
+        (returned too); None for a conv on analog currents."""
+        src = self.nodes[self.predecessors(conv)[0]]
+        up = None
+        if isinstance(src, Upsample):
+            up, src = src, self.nodes[self.predecessors(src.name)[0]]
+        return (src, up) if isinstance(src, IFNeurons) else None
 
     def num_parameters(self) -> int:
         n = 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from sdm.errors import GraphError
 from sdm.train.neuron import IFNeuron
 from sdm.train.unet import SpikingUNet
 
 from .execute import GraphDenoiser
+from .ir import SNNGraph
 
 
 def record_model_spikes(model: SpikingUNet, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -25,17 +27,16 @@ def record_model_spikes(model: SpikingUNet, x: torch.Tensor, t: torch.Tensor) ->
     return eps, spikes
 
 
-def graph_spikes_by_module(graph_spikes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Join split neuron groups (``up.3.neuron1.h`` + ``up.3.neuron1.skip``) back into module outputs."""
-    out: dict[str, torch.Tensor] = {}
+def graph_spikes_by_module(graph: SNNGraph, graph_spikes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Join the neuron groups that split one module (the parts of a concatenation, e.g.
+    ``up.3.neuron1.h`` + ``up.3.neuron1.skip``) back into that module's output, in channel order."""
+    parts: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for name, s in graph_spikes.items():
-        if name.endswith(".h") or name.endswith(".skip"):
-            base = name.rsplit(".", 1)[0]
-            if base not in out:
-                out[base] = torch.cat([graph_spikes[base + ".h"], graph_spikes[base + ".skip"]], dim=2)
-        else:
-            out[name] = s
-    return out
+        node = graph.nodes[name]
+        start = node.origin.channels[0] if node.origin is not None and node.origin.channels else 0
+        parts.setdefault(node.module, []).append((start, s))
+    return {module: torch.cat([s for _, s in sorted(group, key=lambda p: p[0])], dim=2)
+            for module, group in parts.items()}
 
 
 def compare(model: SpikingUNet, denoiser: GraphDenoiser, x: torch.Tensor, t: torch.Tensor) -> dict:
@@ -46,9 +47,9 @@ def compare(model: SpikingUNet, denoiser: GraphDenoiser, x: torch.Tensor, t: tor
         eps_g = denoiser(x, t)
     finally:
         denoiser.record = False
-    sp_g = graph_spikes_by_module(denoiser.spikes)
+    sp_g = graph_spikes_by_module(denoiser.graph, denoiser.spikes)
     if set(sp_m) != set(sp_g):
-        raise ValueError(f"neuron layers differ: model-only {sorted(set(sp_m) - set(sp_g))}, "
+        raise GraphError(f"neuron layers differ: model-only {sorted(set(sp_m) - set(sp_g))}, "
                          f"graph-only {sorted(set(sp_g) - set(sp_m))}")
     layers = {name: {"mismatches": int((sp_m[name] != sp_g[name].to(sp_m[name].dtype)).sum()),
                      "spikes": int(sp_m[name].abs().sum()), "neuron_steps": sp_m[name].numel()} for name in sp_m}

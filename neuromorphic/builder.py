@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
-from sdm.train.neuron import INHIBIT_MARGIN
 from sdm.errors import SDMError
 
 
@@ -143,7 +142,7 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
             b = np.broadcast_to(node.bias.reshape(-1, 1, 1), shape)
             bias[dst] = bias.get(dst, 0) + b
         elif _is_temb(node):
-            _, b_proj = graph.host.temb_proj[node.block]
+            b_proj = graph.host.temb_proj[node.block].b
             bias[dst] = bias.get(dst, 0) + np.broadcast_to(b_proj.reshape(-1, 1, 1), graph.nodes[dst].shape)
 
     procs, neurons = {}, {}
@@ -158,7 +157,7 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
                     raise LavaBuildError(f"{name}: only one image input is supported")
                 source = procs[name] = RingBuffer(data=np.zeros((*shape, window), dtype=dtype))
                 continue
-            w_proj, _ = graph.host.temb_proj[node.block]
+            w_proj = graph.host.temb_proj[node.block].w
             if temb_source is None:
                 temb_source = RingBuffer(data=np.zeros((w_proj.shape[1], 1), dtype=dtype))
             w, exp = (w_proj, 0) if plan is None else plan.graded_weight(w_proj)
@@ -191,7 +190,8 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
                 window_start=d[name], window=window, run_length=run_length,
                 probe=probe(name, shape) if record_spikes else "",
                 reset=node.reset, v_init=node.v_init, signed=node.signed,
-                inhibit_margin=INHIBIT_MARGIN if plan is None else plan.inhibit_margin(), name=name)
+                inhibit_margin=node.inhibit_margin if plan is None else plan.inhibit_margin(node.inhibit_margin),
+                name=name)
         elif isinstance(node, Junction):
             rec = name == out_src[0]
             procs[name] = AnalogJunction(shape=shape, bias=cur(whc(bias.get(name, np.zeros(node.shape)))),

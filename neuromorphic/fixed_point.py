@@ -24,7 +24,6 @@ import math
 import numpy as np
 
 from sdm.export.ir import Conv, IFNeurons, SNNGraph, Upsample
-from sdm.train.neuron import INHIBIT_MARGIN
 
 WEIGHT_BITS = 8  # mantissa magnitude < 2**8 (Loihi 2: 8-bit weights with sign, plus exponent)
 BIAS_MANT_MAX = 4095  # 13-bit signed
@@ -76,9 +75,9 @@ class FixedPointPlan:
             raise ValueError(f"threshold {theta} does not fit 17 bits at scale {self.lam}")
         return vth
 
-    def inhibit_margin(self) -> int:
-        """A signed neuron's inhibition margin (``train/neuron.py``) in the LIF's ``v`` units, at least 1."""
-        return max(1, int(round(INHIBIT_MARGIN * self.lam * (1 << ACT_SHIFT))))
+    def inhibit_margin(self, margin: float) -> int:
+        """A signed neuron's inhibition margin (``IFNeurons.inhibit_margin``) in the LIF's ``v`` units, at least 1."""
+        return max(1, int(round(margin * self.lam * (1 << ACT_SHIFT))))
 
     @staticmethod
     def decays(decay: float) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """lava-dl netx for purely sequential spiking graphs: the hdf5 file, and running it in Lava.
 
-Where a graph is a single chain (a non-residual :class:`~sdm.train.spiking_cnn.SpikingCNN`)
+Where a graph is a single chain (a non-residual :class:`~sdm.testing.spiking_cnn.SpikingCNN`)
 it is also written in lava-dl's netx hdf5 format and run through the unmodified
 ``lava.lib.dl.netx.hdf5.Network`` in ``fixed_pt``; ``tests/test_netx.py`` checks that every
 neuron group spikes exactly as in our own builder (:mod:`.builder`) under the same plan.

@@ -26,17 +26,13 @@ from sdm.export.execute import GraphDenoiser
 from sdm.export.ir import IFNeurons
 from sdm.export.nir_format import read_nir
 from sdm.files import atomic_write
-from sdm.train.diffusion import GaussianDiffusion, ScheduleConfig
+from sdm.train.diffusion import GaussianDiffusion
+from sdm.train.samplers import make_sampler
 from sdm.images import save_grid
 
 from .simulator import LavaDenoiser
 
 SPIKES_FORMAT = "sdm-spike-record"
-
-
-def _schedule(graph) -> GaussianDiffusion:
-    s = graph.host.schedule
-    return GaussianDiffusion(ScheduleConfig(int(s["steps"]), float(s["beta_start"]), float(s["beta_end"])))
 
 
 def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_steps: int = 4, n: int = 1,
@@ -50,9 +46,9 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"unknown sampler {sampler!r} (ddim|ddpm)")
     graph = read_nir(nir_path)
-    diffusion = _schedule(graph)
-    ts = diffusion.ddim_timesteps(denoise_steps) if sampler == "ddim" else \
-        list(range(diffusion.steps - 1, diffusion.steps - 1 - denoise_steps, -1))
+    chain = make_sampler(sampler, GaussianDiffusion(graph.host.schedule), denoise_steps)
+    pairs = chain.pairs(denoise_steps)  # DDIM: its K steps; DDPM: the first K calls of the chain
+    ts = [t for t, _ in pairs]
     ref = GraphDenoiser(graph, dtype=torch.float64)
     ref.threshold_scale = threshold_scale
     ref.record = True
@@ -68,9 +64,8 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with LavaDenoiser(graph, batch=n, mode=mode, record_spikes=True, threshold_scale=threshold_scale) as sim:
-        bar = tqdm(ts, desc=f"lava {mode}", disable=not progress, dynamic_ncols=True)
-        for i, t in enumerate(bar):
-            s = ts[i + 1] if i + 1 < len(ts) else -1
+        bar = tqdm(pairs, desc=f"lava {mode}", disable=not progress, dynamic_ncols=True)
+        for i, (t, s) in enumerate(bar):
             tt = torch.full((n,), t, dtype=torch.long)
             inputs.append(x.numpy().copy())
             t0 = time.perf_counter()
@@ -86,13 +81,10 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
                 mismatch[k].append(int((lava_s != ref.spikes[k].numpy()).sum()))
             # separate PyTorch trajectory for the final-image comparison
             eps_ref = ref(x_ref, tt) if i else eps_same
-            noise = torch.randn(x.shape, generator=gen, dtype=torch.float64) if sampler == "ddpm" and t > 0 else None
-            if sampler == "ddim":
-                x = diffusion.ddim_step(x, t, s, eps, None)
-                x_ref = diffusion.ddim_step(x_ref, t, s, eps_ref, None)
-            else:
-                x = diffusion.ddpm_step(x, t, eps, noise)
-                x_ref = diffusion.ddpm_step(x_ref, t, eps_ref, noise)
+            # both trajectories take the same step with the same noise
+            noise = torch.randn(x.shape, generator=gen, dtype=torch.float64) if chain.needs_noise(t, s) else None
+            x = chain.step(x, t, s, eps, noise)
+            x_ref = chain.step(x_ref, t, s, eps_ref, noise)
             bar.set_postfix(mismatch=sum(v[-1] for v in mismatch.values()), eps_err=f"{eps_err[-1]:.1e}")
         compile_s = sim.compile_seconds
         n_proc, run_len = sim.num_processes, sim.net.run_length

@@ -30,7 +30,8 @@ from conftest import tiny_cfg
 from sdm.cli import main
 from sdm.train.checkpoint import load_checkpoint, save_checkpoint
 from sdm.train.conversion import QuantReLU, convert_qann, neuron_slots, quant_level
-from sdm.train.neuron import IFNeuron, if_step, multistep_if, multistep_if_reference
+from sdm.testing.oracles import if_step, multistep_if_reference
+from sdm.train.neuron import IFNeuron, multistep_if
 from sdm.train.sampling import generate, model_from_checkpoint
 from sdm.train.unet import SpikingUNet, UNetConfig
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sdm.train.diffusion import GaussianDiffusion, ScheduleConfig, sample
+from sdm.train.diffusion import GaussianDiffusion, ScheduleConfig
+from sdm.train.samplers import sample
 
 M, S = 0.3, 0.2  # data distribution N(M, S^2) per pixel
 

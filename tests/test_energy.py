@@ -10,8 +10,8 @@ from sdm.energy.counting import count_layers, dense_conv_macs, fanout_map, paper
 from sdm.energy.presets import PRESETS
 from sdm.energy.rates import model_spike_counts, read_sim_counts
 from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph
-from sdm.export.lower import lower_spiking_cnn, lower_unet
-from sdm.train.spiking_cnn import CNNConfig, SpikingCNN
+from sdm.export.lower import lower_unet
+from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
 from sdm.train.unet import SpikingUNet, UNetConfig
 
 

@@ -15,12 +15,13 @@ import torch
 from sdm.export.api import export_checkpoint, import_nir
 from sdm.export.execute import GraphDenoiser, GraphModule
 from sdm.export.ir import IFNeurons, TemporalAffine, Upsample
-from sdm.export.lower import fold_batchnorm, lower_spiking_cnn, lower_unet
+from sdm.export.lower import fold_batchnorm, lower_unet
 from sdm.export.nir_format import NIRFormatError, read_nir, write_nir
 from sdm.export.verify import compare
 from sdm.train.checkpoint import CheckpointError, save_checkpoint
-from sdm.train.neuron import if_step, set_threshold_scale
-from sdm.train.spiking_cnn import CNNConfig, SpikingCNN
+from sdm.testing.oracles import if_step
+from sdm.train.neuron import set_threshold_scale
+from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
 from sdm.train.unet import SpikingUNet, UNetConfig
 
 REFERENCE_SMALL = dict(img_ch=3, img_size=32, ch=8, ch_mult=(1, 2, 2, 4), num_res_blocks=2, T=4)
@@ -84,7 +85,7 @@ def test_threshold_scale_baked_into_file(tmp_path):
     graph = read_nir(tmp_path / "g.nir")
     assert all(np.all(n.threshold == 0.99) for n in graph.of_type(IFNeurons))
     assert graph.host.threshold_scale == 0.99
-    steps = graph.host.schedule["steps"]
+    steps = graph.host.schedule.steps
     assert steps == 1000 and isinstance(steps, int)  # a step count, not 1000.0
     set_threshold_scale(model.double(), 0.99)
     x, t = inputs(DEMO_LIKE)

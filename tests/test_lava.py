@@ -30,11 +30,11 @@ import torch
 from torch.nn import functional as F
 
 from sdm.export.execute import GraphDenoiser, GraphModule
-from sdm.export.lower import lower_spiking_cnn, lower_unet
+from sdm.export.lower import lower_unet
 from sdm.neuromorphic.builder import lava_conv_weight, whc
 from sdm.neuromorphic.lava_models.conv_model import FastConvModelFloat, conv_whc, correlation_weight
 from sdm.neuromorphic.simulator import LavaDenoiser, LavaNetwork
-from sdm.train.spiking_cnn import CNNConfig, SpikingCNN
+from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
 from sdm.train.unet import SpikingUNet, UNetConfig
 
 from test_export import randomise

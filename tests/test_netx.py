@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdm.export.lower import lower_spiking_cnn, lower_unet
-from sdm.train.spiking_cnn import CNNConfig, SpikingCNN
+from sdm.export.lower import lower_unet
+from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
 from sdm.train.unet import SpikingUNet
 
 pytest.importorskip("lava.lib.dl.netx")

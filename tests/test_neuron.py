@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sdm.train.neuron import (IFNeuron, atan_surrogate, if_step, multistep_if, multistep_if_reference,
-                              set_threshold_scale)
+from sdm.testing.oracles import if_step, multistep_if_reference
+from sdm.train.neuron import IFNeuron, atan_surrogate, multistep_if, set_threshold_scale
 
 
 def test_if_dynamics_hand_computed():

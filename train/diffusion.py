@@ -1,6 +1,7 @@
 """Gaussian diffusion: noise schedule, training loss and samplers.
 
-Nothing here knows about spikes: any callable ``eps = denoiser(x_t, t)`` plugs in.
+Nothing here knows about spikes: any callable ``eps = denoiser(x_t, t)`` plugs in.  The
+samplers that walk the reverse chain with these steps are in :mod:`sdm.train.samplers`.
 Notation (Ho et al. 2020; Song et al. 2021)::
 
     q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s<=t} (1 - beta_s)
@@ -24,28 +25,41 @@ mean equals the DDPM posterior mean, which the tests check.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch.nn import functional as F
+
+from sdm.errors import ConfigError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """The linear beta schedule: ``beta_t`` from ``beta_start`` to ``beta_end`` over ``steps`` steps.
+    Stored in every checkpoint (``diffusion``) and NIR file (``host/schedule``)."""
+
     steps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
+            raise ConfigError(f"diffusion steps must be a positive integer, got {self.steps!r}")
+        for name in ("beta_start", "beta_end"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), numbers.Real):
+                raise ConfigError(f"diffusion {name} must be a number, got {getattr(self, name)!r}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ConfigError(f"invalid diffusion schedule {self}: need 0 < beta_start <= beta_end < 1")
 
 
 class GaussianDiffusion:
     """Linear-beta schedule with the quantities the loss and samplers need (float64 on host)."""
 
     def __init__(self, cfg: ScheduleConfig = ScheduleConfig()):
-        if cfg.steps < 1 or not 0 < cfg.beta_start <= cfg.beta_end < 1:
-            raise ValueError(f"invalid diffusion schedule {cfg}")
         self.cfg = cfg
         self.steps = cfg.steps
         self.betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.steps, dtype=torch.float64)
@@ -92,12 +106,12 @@ class GaussianDiffusion:
         elif var_type == "fixedlarge":
             var = self.betas[t]
         else:
-            raise ValueError(f"unknown var_type {var_type!r} (fixedlarge|fixedsmall)")
+            raise ConfigError(f"unknown var_type {var_type!r} (fixedlarge|fixedsmall)")
         return mean + float(var.sqrt()) * noise
 
     def ddim_timesteps(self, num_steps: int) -> list[int]:
         if not 1 <= num_steps <= self.steps:
-            raise ValueError(f"DDIM steps must be in [1, {self.steps}], got {num_steps}")
+            raise ConfigError(f"DDIM steps must be in [1, {self.steps}], got {num_steps}")
         # uniform spacing including t = 0; descending order
         ts = torch.linspace(0, self.steps - 1, num_steps).round().long().unique()
         return ts.flip(0).tolist()
@@ -114,45 +128,3 @@ class GaussianDiffusion:
         eps_hat = (x_t - a_t**0.5 * x0) / (1 - a_t) ** 0.5
         x_s = a_s**0.5 * x0 + max(1 - a_s - sigma2, 0.0) ** 0.5 * eps_hat
         return x_s + sigma2**0.5 * noise if eta > 0 else x_s
-
-
-def _noise(shape, device, generator):
-    return torch.randn(shape, device=device, generator=generator)
-
-
-@torch.no_grad()
-def sample(
-    denoiser: Denoiser,
-    diffusion: GaussianDiffusion,
-    shape: Iterable[int],
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
-    var_type: str = "fixedlarge",
-    clip: bool = True,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    x_T: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Draw samples in [-1, 1] with DDPM (always ``diffusion.steps`` steps) or DDIM(``steps``, eta)."""
-    from tqdm.auto import tqdm
-
-    shape = tuple(shape)
-    x = x_T.to(device) if x_T is not None else _noise(shape, device, generator)
-    if sampler == "ddpm":
-        ts = list(range(diffusion.steps - 1, -1, -1))
-        for t in tqdm(ts, desc="ddpm", disable=not progress, leave=False):
-            eps = denoiser(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
-            noise = _noise(shape, device, generator) if t > 0 else None
-            x = diffusion.ddpm_step(x, t, eps, noise, var_type=var_type, clip=clip)
-    elif sampler == "ddim":
-        ts = diffusion.ddim_timesteps(steps)
-        for i, t in enumerate(tqdm(ts, desc="ddim", disable=not progress, leave=False)):
-            s = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = denoiser(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
-            noise = _noise(shape, device, generator) if (eta > 0 and s >= 0) else None
-            x = diffusion.ddim_step(x, t, s, eps, noise, eta=eta, clip=clip)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r} (ddpm|ddim)")
-    return x.clamp(-1.0, 1.0)

@@ -13,13 +13,13 @@ positive than negative spikes also emits an inhibitory spike when its membrane
 goes negative after the step's update (the SDM reference code's conversion neuron)::
 
     n[t] = n[t-1] + s+[t] - s-[t]                                  net count (n[-1] = 0)
-    s-[t] = (v'[t] <= -1e-3) and (n[t-1] + s+[t] > 0)             v'[t] = h[t] - theta * s+[t]
+    s-[t] = (v'[t] <= -m) and (n[t-1] + s+[t] > 0)             v'[t] = h[t] - theta * s+[t]
     v[t]  = v'[t] + theta * s-[t],     spike s[t] = s+[t] - s-[t] in {-1, 0, 1}
 
 so a neuron that fired too early takes the spike back instead of carrying the
 error to its readers: its net count tracks ``k(mean input)`` even when the input
-arrives unevenly over the steps.  The -1e-3 margin keeps rounding noise at 0 from
-producing inhibition.
+arrives unevenly over the steps.  The margin ``m``
+(``inhibit_margin``, 1e-3) keeps rounding noise at 0 from producing inhibition.
 
 The subtractive reset with ``v_init = 1/2`` is the neuron of ANN-to-SNN
 conversion (Fast-SNN, SDM section 6): with a constant input ``x`` for ``T``
@@ -55,9 +55,12 @@ the speed-up over spikingjelly comes from.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from sdm.errors import ConfigError
 
 ATAN_ALPHA = 2.0
 
@@ -68,43 +71,60 @@ def atan_surrogate(u: torch.Tensor, alpha: float = ATAN_ALPHA) -> torch.Tensor:
 
 
 RESETS = ("zero", "subtract")
-INHIBIT_MARGIN = 1e-3  # a signed neuron inhibits at v <= -margin: float noise at 0 does not count
+INHIBIT_MARGIN = 1e-3  # default: a signed neuron inhibits at v <= -margin, so float noise at 0 does not count
 
 
-def if_step(v: torch.Tensor, x: torch.Tensor, theta: float, decay: float = 1.0, reset: str = "zero",
-            count: torch.Tensor | None = None):
-    """One step of the neuron without gradients: returns ``(spike, v_next, h)``.
+@dataclass(frozen=True)
+class NeuronParams:
+    """The dynamics of a neuron group, everything but its threshold (module docstring)::
 
-    Exposed for simulators that step one time step at a time (NIR import, Lava
-    reference checks); the multi-step function below is the same arithmetic.
-    The caller starts ``v`` at ``v_init * theta`` (zeros by default).  A signed
-    neuron passes its net spike count ``count`` (zeros at the start), which is
-    updated in place.
+        h[t] = decay * v[t-1] + x[t];  s[t] = H(h[t] - theta);  v[-1] = v_init * theta
+        v[t] = h[t] * (1 - s[t])  (reset "zero")   or   h[t] - theta * s[t]  (reset "subtract")
+        signed: s-[t] = (v'[t] <= -inhibit_margin) and (n[t-1] + s+[t] > 0)
+
+    The one record and the one validation of neuron parameters: the PyTorch layer
+    (:class:`IFNeuron`), the model configuration and the graph IR's neuron node all build one.
+    The threshold is not part of it: a scalar in a PyTorch layer, a per-neuron array in the IR.
     """
-    h = x + v * decay if decay != 1.0 else x + v
-    s = (h >= theta).to(x.dtype)
-    if count is not None:
-        v_next, s = _signed_update(h, s, theta, count)
-        return s, v_next, h
-    if reset == "subtract":
-        return s, torch.where(h >= theta, h - theta, h), h
-    return s, h * (1.0 - s), h
+
+    decay: float = 1.0
+    reset: str = "zero"
+    v_init: float = 0.0  # a fraction of the threshold
+    signed: bool = False
+    inhibit_margin: float = INHIBIT_MARGIN
+
+    def __post_init__(self):
+        for name in ("decay", "v_init", "inhibit_margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"neuron {name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "signed", bool(self.signed))
+        if not 0.0 < self.decay <= 1.0:
+            raise ConfigError(f"neuron decay must be in (0, 1], got {self.decay}")
+        if self.reset not in RESETS:
+            raise ConfigError(f"neuron reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
+        if self.signed and (self.reset != "subtract" or self.decay != 1.0):
+            raise ConfigError("signed spikes need reset='subtract' and decay 1 (an inhibitory spike gives "
+                              "theta back, which only a subtractive, non-leaky neuron conserves)")
+        if not self.inhibit_margin > 0:
+            raise ConfigError(f"neuron inhibit_margin must be positive, got {self.inhibit_margin}")
 
 
-def _signed_update(h: torch.Tensor, pos: torch.Tensor, theta, count: torch.Tensor):
+def _signed_update(h: torch.Tensor, pos: torch.Tensor, theta, count: torch.Tensor, margin: float):
     """Subtractive reset plus inhibition (see the module docstring); updates ``count`` in place and
     returns ``(v_next, signed spikes)``."""
     v = h - theta * pos
     count.add_(pos)
-    neg = ((v <= -INHIBIT_MARGIN) & (count > 0)).to(h.dtype)
+    neg = ((v <= -margin) & (count > 0)).to(h.dtype)
     count.sub_(neg)
     return v + theta * neg, pos - neg
 
 
 class _MultiStepIF(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_seq: torch.Tensor, theta: float, decay: float, alpha: float,
-                subtract: bool = False, v_init: float = 0.0, signed: bool = False):
+    def forward(ctx, x_seq: torch.Tensor, theta: float | torch.Tensor, p: "NeuronParams", alpha: float):
+        decay, v_init, signed, subtract = p.decay, p.v_init, p.signed, p.reset == "subtract"
         h_seq = torch.empty_like(x_seq)
         v = torch.zeros_like(x_seq[0])
         if v_init != 0.0:
@@ -118,7 +138,7 @@ class _MultiStepIF(torch.autograd.Function):
             else:
                 torch.add(x_seq[t], v, alpha=decay, out=h)
             if signed:
-                v, s = _signed_update(h, (h >= theta).to(h.dtype), theta, count)
+                v, s = _signed_update(h, (h >= theta).to(h.dtype), theta, count, p.inhibit_margin)
                 neg_seq[t] = s.clamp(max=0.0)
             elif subtract:  # v = h - theta where h >= theta, else h
                 v = torch.where(h >= theta, h - theta, h)
@@ -140,7 +160,7 @@ class _MultiStepIF(torch.autograd.Function):
     def backward(ctx, grad_spikes: torch.Tensor):
         if ctx.signed:  # straight-through rate gradient (module docstring)
             (slope,) = ctx.saved_tensors
-            return (grad_spikes.sum(0) * slope).expand_as(grad_spikes).contiguous(), None, None, None, None, None, None
+            return (grad_spikes.sum(0) * slope).expand_as(grad_spikes).contiguous(), None, None, None
         (h_seq,) = ctx.saved_tensors
         theta, decay, alpha, subtract = ctx.theta, ctx.decay, ctx.alpha, ctx.subtract
         grad_x = torch.empty_like(h_seq)
@@ -157,25 +177,24 @@ class _MultiStepIF(torch.autograd.Function):
                     gh = gh + grad_v * (not_spiked - h * sg)
             grad_x[t] = gh
             grad_v = gh * decay if decay != 1.0 else gh
-        return grad_x, None, None, None, None, None, None
+        return grad_x, None, None, None
 
 
 def multistep_if(
     x_seq: torch.Tensor, theta: float | torch.Tensor = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA,
-    reset: str = "zero", v_init: float = 0.0, signed: bool = False,
+    reset: str = "zero", v_init: float = 0.0, signed: bool = False, params: NeuronParams | None = None,
 ) -> torch.Tensor:
     """Spikes ``[T, ...]`` of a neuron driven by currents ``x_seq [T, ...]``, starting from
     ``v = v_init * theta`` (0 by default), with ``reset`` "zero" (hard) or "subtract";
-    ``signed`` (subtractive reset only) adds inhibitory -1 spikes.
+    ``signed`` (subtractive reset only) adds inhibitory -1 spikes.  ``params`` gives all of
+    these at once (the loose arguments are then ignored).
 
     ``theta`` is a scalar or a tensor broadcastable to one step (per-neuron thresholds)."""
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-    if signed and (reset != "subtract" or decay != 1.0):
-        raise ValueError("signed spikes need reset='subtract' and decay 1 (an inhibitory spike gives theta back)")
+    if params is None:
+        params = NeuronParams(decay=decay, reset=reset, v_init=v_init, signed=signed)
     if not isinstance(theta, torch.Tensor):
         theta = float(theta)
-    args = (x_seq, theta, float(decay), float(alpha), reset == "subtract", float(v_init), bool(signed))
+    args = (x_seq, theta, params, float(alpha))
     if x_seq.requires_grad and torch.is_grad_enabled():
         return _MultiStepIF.apply(*args)
     with torch.no_grad():
@@ -187,31 +206,6 @@ class _NoCtx:
 
     def save_for_backward(self, *tensors):
         pass
-
-
-def multistep_if_reference(x_seq: torch.Tensor, theta: float = 1.0, decay: float = 1.0,
-                           alpha: float = ATAN_ALPHA, reset: str = "zero", v_init: float = 0.0) -> torch.Tensor:
-    """Step-by-step autograd version (spikingjelly's formulation); used to test the fused one."""
-
-    class _Heaviside(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, u):
-            ctx.save_for_backward(u)
-            return (u >= 0).to(u.dtype)
-
-        @staticmethod
-        def backward(ctx, g):
-            (u,) = ctx.saved_tensors
-            return g * atan_surrogate(u, alpha)
-
-    v = torch.zeros_like(x_seq[0]) + v_init * theta
-    out = []
-    for t in range(x_seq.shape[0]):
-        h = decay * v + x_seq[t]
-        s = _Heaviside.apply(h - theta)
-        v = h - theta * s if reset == "subtract" else h * (1.0 - s)
-        out.append(s)
-    return torch.stack(out)
 
 
 class IFNeuron(nn.Module):
@@ -227,23 +221,20 @@ class IFNeuron(nn.Module):
     """
 
     def __init__(self, theta: float = 1.0, decay: float = 1.0, alpha: float = ATAN_ALPHA,
-                 reset: str = "zero", v_init: float = 0.0, signed: bool = False):
+                 reset: str = "zero", v_init: float = 0.0, signed: bool = False, params: NeuronParams | None = None):
         super().__init__()
-        if theta <= 0:
-            raise ValueError(f"IF threshold must be positive, got {theta}")
-        if not 0.0 < decay <= 1.0:
-            raise ValueError(f"IF decay must be in (0, 1], got {decay}")
-        if reset not in RESETS:
-            raise ValueError(f"IF reset must be one of {RESETS}, got {reset!r}")
-        if signed and (reset != "subtract" or decay != 1.0):
-            raise ValueError("signed IF spikes need reset='subtract' and decay 1")
+        if not theta > 0:
+            raise ConfigError(f"IF threshold must be positive, got {theta}")
+        self.params = params if params is not None else NeuronParams(decay, reset, v_init, signed)
         self.theta = float(theta)
-        self.decay = float(decay)
         self.alpha = float(alpha)
-        self.reset = reset
-        self.v_init = float(v_init)
-        self.signed = bool(signed)
         self.threshold_scale = 1.0
+
+    # the record's fields, read where a layer is inspected (lowering, conversion, repr)
+    decay = property(lambda self: self.params.decay)
+    reset = property(lambda self: self.params.reset)
+    v_init = property(lambda self: self.params.v_init)
+    signed = property(lambda self: self.params.signed)
 
     @property
     def effective_threshold(self) -> float:
@@ -254,8 +245,7 @@ class IFNeuron(nn.Module):
         # mantissa would move spikes, and spikes are exact in any dtype anyway.
         if x_seq.dtype in (torch.bfloat16, torch.float16):
             x_seq = x_seq.float()
-        return multistep_if(x_seq, self.effective_threshold, self.decay, self.alpha, self.reset, self.v_init,
-                            self.signed)
+        return multistep_if(x_seq, self.effective_threshold, alpha=self.alpha, params=self.params)
 
     def extra_repr(self) -> str:
         extra = f", reset={self.reset}, v_init={self.v_init}" if self.reset != "zero" or self.v_init else ""
@@ -268,12 +258,12 @@ def set_threshold_scale(model: nn.Module, scale: float) -> int:
 
     A model without spiking neurons (an ANN) accepts only ``scale = 1``."""
     if not scale > 0:
-        raise ValueError(f"threshold scale must be positive, got {scale}")
+        raise ConfigError(f"threshold scale must be positive, got {scale}")
     n = 0
     for m in model.modules():
         if isinstance(m, IFNeuron):
             m.threshold_scale = float(scale)
             n += 1
     if n == 0 and scale != 1.0:
-        raise ValueError("threshold scale applies to spiking neurons; this model is an ANN and has none")
+        raise ConfigError("threshold scale applies to spiking neurons; this model is an ANN and has none")
     return n

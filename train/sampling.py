@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
-from .diffusion import GaussianDiffusion, ScheduleConfig, sample
+from .diffusion import GaussianDiffusion, ScheduleConfig
+from .samplers import sample
 from sdm.images import save_grid
 from .neuron import set_threshold_scale
 from .unet import SpikingUNet, UNetConfig

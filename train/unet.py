@@ -43,7 +43,10 @@ from torch.nn import functional as F
 from torch.nn import init
 
 from .layers import MembraneReadout, SeqBatchNorm2d, Swish, TSMConv2d
-from .neuron import RESETS, IFNeuron
+from sdm.errors import ConfigError
+
+from .config import strict_from_dict
+from .neuron import IFNeuron, NeuronParams
 
 NEURONS = ("if", "swish", "relu", "qrelu")  # "if": the SNN; the others: ANN baselines
 READOUTS = ("membrane", "mean")
@@ -84,10 +87,12 @@ class UNetConfig:
                 problems.append("TSM (per-step gains) applies to spiking models only, not to an ANN")
         if self.neuron == "qrelu" and not 1 <= self.bits <= 16:
             problems.append(f"bits={self.bits} must be in 1..16 for neuron='qrelu'")
-        if self.reset not in RESETS:
-            problems.append(f"reset={self.reset!r} must be one of {', '.join(RESETS)}")
-        if self.signed and (self.neuron != "if" or self.reset != "subtract" or self.decay != 1.0):
-            problems.append("signed spikes need neuron='if' with reset='subtract' and decay 1")
+        try:
+            self.neuron_params  # the one validation of neuron parameters
+        except ConfigError as e:
+            problems.append(str(e))
+        if self.signed and self.neuron != "if":
+            problems.append("signed spikes need neuron='if'")
         if self.readout not in READOUTS:
             problems.append(f"readout={self.readout!r} must be one of {', '.join(READOUTS)}")
         if any(not v > 0 for v in self.thetas):
@@ -106,7 +111,12 @@ class UNetConfig:
         if self.img_size < 1 or self.img_size % (2 ** levels):
             problems.append(f"img_size={self.img_size} must be divisible by 2^{levels} for ch_mult={list(self.ch_mult)}")
         if problems:
-            raise ValueError("invalid UNet config: " + "; ".join(problems))
+            raise ConfigError("invalid UNet config: " + "; ".join(problems))
+
+    @property
+    def neuron_params(self) -> NeuronParams:
+        """The dynamics of every IF neuron of the model (the thresholds are ``theta`` / ``thetas``)."""
+        return NeuronParams(decay=self.decay, reset=self.reset, v_init=self.v_init, signed=self.signed)
 
     @property
     def tdim(self) -> int:
@@ -120,11 +130,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNet config fields: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "UNet")
 
 
 def sinusoid_table(n: int, dim: int) -> torch.Tensor:
@@ -171,7 +177,7 @@ class AnalogActivation(nn.Module):
 def make_neuron(cfg: UNetConfig) -> nn.Module:
     """The activation that sits before every conv: an IF neuron, or the ANN's activation."""
     if cfg.neuron == "if":
-        return IFNeuron(cfg.theta, cfg.decay, reset=cfg.reset, v_init=cfg.v_init, signed=cfg.signed)
+        return IFNeuron(cfg.theta, params=cfg.neuron_params)
     if cfg.neuron == "qrelu":
         from .conversion import QuantReLU
 
@@ -193,12 +199,17 @@ class ResBlock(nn.Module):
         self.conv1 = _conv(in_ch, out_ch)
         self.bn1 = SeqBatchNorm2d(out_ch)
         self.temb_proj = nn.Sequential(Swish(), nn.Linear(tdim, out_ch))
-        init.xavier_uniform_(self.temb_proj[1].weight)
-        init.zeros_(self.temb_proj[1].bias)
+        init.xavier_uniform_(self.temb_linear.weight)
+        init.zeros_(self.temb_linear.bias)
         self.neuron2 = make_neuron(cfg)
         self.conv2 = _conv(out_ch, out_ch)
         self.bn2 = SeqBatchNorm2d(out_ch)
         self.shortcut = _conv(in_ch, out_ch, k=1) if in_ch != out_ch else None
+
+    @property
+    def temb_linear(self) -> nn.Linear:
+        """The linear layer of the time-embedding projection (after its Swish)."""
+        return self.temb_proj[1]
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.bn1.forward_seq(self.conv1.forward_seq(self.neuron1(x)))
@@ -322,7 +333,7 @@ class SpikingUNet(nn.Module):
         if cfg.thetas:
             neurons = [m for m in self.modules() if isinstance(m, IFNeuron)]
             if len(neurons) != len(cfg.thetas):
-                raise ValueError(f"thetas has {len(cfg.thetas)} values but the UNet has {len(neurons)} neuron layers")
+                raise ConfigError(f"thetas has {len(cfg.thetas)} values but the UNet has {len(neurons)} neuron layers")
             for m, th in zip(neurons, cfg.thetas):
                 m.theta = th
         if cfg.tsm:
@@ -331,9 +342,9 @@ class SpikingUNet(nn.Module):
     def enable_tsm(self) -> int:
         """Switch on TSM (gains initialised to 1, so the output is unchanged); returns the layer count."""
         if self.cfg.neuron != "if":
-            raise ValueError(f"TSM applies to spiking models only; this model is an ANN (neuron={self.cfg.neuron})")
+            raise ConfigError(f"TSM applies to spiking models only; this model is an ANN (neuron={self.cfg.neuron})")
         if self.cfg.readout != "membrane":
-            raise ValueError("TSM is not supported on converted models (readout='mean')")
+            raise ConfigError("TSM is not supported on converted models (readout='mean')")
         convs = [m for m in self.modules() if isinstance(m, TSMConv2d)]
         for m in convs:
             m.enable_tsm(self.cfg.T)

@@ -21,8 +21,12 @@ import torch
 from torch import nn
 from torch.nn import init
 
-from .layers import SeqBatchNorm2d, TSMConv2d
-from .neuron import IFNeuron
+import numpy as np
+
+from sdm.export.ir import AnalogInput, Junction, Output, SNNGraph
+from sdm.export.lower import _Builder
+from sdm.train.layers import SeqBatchNorm2d, TSMConv2d
+from sdm.train.neuron import IFNeuron
 
 
 @dataclass
@@ -91,3 +95,26 @@ class SpikingCNN(nn.Module):
         for stage in self.stages:
             h = stage(h)
         return h
+
+
+def lower_spiking_cnn(model, dtype=np.float32) -> SNNGraph:
+    """The spiking graph of a :class:`SpikingCNN` (no host side), built with the UNet's lowering passes."""
+    cfg = model.cfg
+    b = _Builder(model, np.dtype(dtype), 1.0)
+    with torch.no_grad():
+        x = b.add(AnalogInput("x", (cfg.img_ch, cfg.img_size, cfg.img_size)))
+        h = b.conv_stage("conv_in", model.conv_in, model.bn_in, [("", x)])
+        stream = b.add(Junction("stem.out", b.nodes[h[0]].shape), *h)
+        for i, stage in enumerate(model.stages):
+            p = f"stages.{i}"
+            inner = [(f"{p}.a", stage.a), (f"{p}.b", stage.b)] if isinstance(stage, ResidualStage) else [(p, stage)]
+            src = stream
+            for q, st in inner:
+                s = b.neurons(f"{q}.neuron", src)
+                h = b.conv_stage(f"{q}.conv", st.conv, st.bn, [("", s)])
+                src = b.add(Junction(f"{q}.out", b.nodes[h[0]].shape), *h)
+            if isinstance(stage, ResidualStage):
+                src = b.add(Junction(f"{p}.out", b.nodes[src].shape), src, stream)
+            stream = src
+        b.add(Output("output", b.nodes[stream].shape), stream)
+    return SNNGraph(b.nodes, b.edges, None)

@@ -22,27 +22,11 @@ from sdm.train.checkpoint import CheckpointError, save_checkpoint
 from sdm.testing.oracles import if_step
 from sdm.train.neuron import set_threshold_scale
 from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
+from sdm.testing.weights import randomise
 from sdm.train.unet import SpikingUNet, UNetConfig
 
 REFERENCE_SMALL = dict(img_ch=3, img_size=32, ch=8, ch_mult=(1, 2, 2, 4), num_res_blocks=2, T=4)
 DEMO_LIKE = dict(img_ch=1, img_size=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, T=4)
-
-
-def randomise(model, seed=0, tsm=False):
-    """Trained-looking BatchNorm statistics (and TSM gains) so that folding is really exercised."""
-    g = torch.Generator().manual_seed(seed)
-    if tsm:
-        model.enable_tsm()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.6 - 0.1)
-            if getattr(m, "tsm_gain", None) is not None:
-                m.tsm_gain.copy_(torch.rand(m.tsm_gain.shape, generator=g) * 0.4 + 0.8)
-    return model.eval()
 
 
 def save_model(model, path, schedule=None):

@@ -16,24 +16,9 @@ from sdm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from sdm.train.trainer import TrainConfig
 from sdm.train.unet import SpikingUNet, UNetConfig
 
+from helpers import assert_same
+
 pytestmark = pytest.mark.usefixtures("torch_threads")
-
-
-def assert_same(a, b, where="ckpt"):
-    """Recursive equality where tensors must be bit-identical (dtype included)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), (where, sorted(map(str, a)), sorted(map(str, b)))
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
 
 
 def refused(path, match=None) -> str:
@@ -63,7 +48,7 @@ def test_checkpoint_written_by_train_round_trips(trained_ckpt, tiny_model_cfg, t
     model = SpikingUNet(UNetConfig.from_dict(ckpt["model_config"]))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(ckpt["model"])
-    assert_same(model.state_dict(), ckpt["model"])
+    assert_same(model.state_dict(), ckpt["model"], "ckpt")
     assert not torch.equal(fresh["stem.conv_in.weight"], ckpt["model"]["stem.conv_in.weight"])
     ema = SpikingUNet(UNetConfig.from_dict(ckpt["model_config"]))
     ema.load_state_dict(ckpt["ema"])
@@ -82,7 +67,7 @@ def test_checkpoint_written_by_train_round_trips(trained_ckpt, tiny_model_cfg, t
     # save -> load gives back exactly the same dict
     again = tmp_path / "again.pt"
     save_checkpoint(again, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
-    assert_same(ckpt, load_checkpoint(again))
+    assert_same(ckpt, load_checkpoint(again), "ckpt")
 
 
 def test_save_checkpoint_round_trip_of_plain_data(tmp_path):
@@ -91,7 +76,7 @@ def test_save_checkpoint_round_trip_of_plain_data(tmp_path):
     path = save_checkpoint(tmp_path / "sub" / "model.pt", payload)
     assert path == tmp_path / "sub" / "model.pt"
     out = load_checkpoint(path)
-    assert_same({"format": "sdm-checkpoint", "version": 1, **payload}, out)
+    assert_same({"format": "sdm-checkpoint", "version": 1, **payload}, out, "ckpt")
     assert os.listdir(tmp_path / "sub") == ["model.pt"]
 
 

@@ -140,6 +140,24 @@ def test_load_classifier_refuses_other_files(tmp_path, trained_ckpt):
         load_classifier(bad)
 
 
+def test_classifier_config_is_strict(tmp_path, classifier_file, mnist16):
+    from sdm.errors import ConfigError
+    from sdm.train.checkpoint import load_checkpoint
+    from sdm.train.classifier import ClassifierConfig, load_classifier, train_classifier
+
+    with pytest.raises(ConfigError, match=r"unknown classifier config fields: \['depth'\]"):
+        ClassifierConfig.from_dict({"img_ch": 1, "depth": 3})
+    assert ClassifierConfig.from_dict({"width": 8}) == ClassifierConfig(width=8)
+    # in a file, the unknown field is named in the one-line error
+    ckpt = load_checkpoint(classifier_file[0])
+    ckpt["model_config"]["depth"] = 3
+    save_checkpoint(tmp_path / "c.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"damaged classifier checkpoint \(unknown classifier config fields"):
+        load_classifier(tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match="--steps must be >= 1"):
+        train_classifier(mnist16, "mnist-bundled", steps=0, progress=False)
+
+
 def test_train_classifier_needs_labels(capsys, tmp_path):
     from PIL import Image
 

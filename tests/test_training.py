@@ -14,22 +14,9 @@ import torch
 from sdm.train.checkpoint import CheckpointError, load_checkpoint
 from sdm.train.trainer import TrainConfig, train
 
+from helpers import assert_same
+
 pytestmark = pytest.mark.usefixtures("torch_threads")
-
-
-def assert_same(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
 
 
 def test_short_run_lowers_the_loss(tmp_path, tiny_model_cfg):
@@ -115,6 +102,45 @@ def test_tsm_stage(trained_ckpt, tmp_path):
         train(tmp_path / "again", resume=tmp_path / "model.pt", device="cpu", progress=False)
     assert str(tmp_path / "model.pt") in str(info.value) and "tsm" in str(info.value).lower()
     assert not (tmp_path / "again" / "model.pt").exists()
+
+
+def test_bad_configuration_is_a_config_error(tmp_path, tiny_model_cfg):
+    """Every impossible setting or config file is a one-line ConfigError (a ValueError) naming what is wrong."""
+    import dataclasses
+
+    from sdm.errors import ConfigError
+    from sdm.train.config import strict_from_dict
+    from sdm.train.diffusion import ScheduleConfig
+    from sdm.train.trainer import load_config_file
+
+    with pytest.raises(ConfigError, match=r"unknown training config fields: \['stpes'\]"):
+        TrainConfig.from_dict({"steps": 3, "stpes": 4})
+    assert TrainConfig.from_dict({"steps": 3}) == TrainConfig(steps=3)
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="invalid training config"):
+        TrainConfig(batch_size=0)
+    # the one strict reader behind every config record: all unknown fields, sorted
+    with pytest.raises(ConfigError, match=r"unknown schedule config fields: \['a', 'b'\]"):
+        strict_from_dict(ScheduleConfig, {"b": 1, "a": 2, "steps": 3}, "schedule")
+    assert strict_from_dict(ScheduleConfig, {"steps": 3}, "schedule") == ScheduleConfig(steps=3)
+
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config_file(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config_file(tmp_path / "bad.json")
+    (tmp_path / "keys.json").write_text('{"modle": {}}')
+    with pytest.raises(ConfigError, match="keys model, train, diffusion"):
+        load_config_file(tmp_path / "keys.json")
+    (tmp_path / "ok.json").write_text('{"model": {"ch": 8}, "train": {"steps": 2}, "comment": "x"}')
+    assert load_config_file(tmp_path / "ok.json") == ({"ch": 8}, {"steps": 2}, {})
+
+    # grey data for a colour model is refused before any step or file
+    with pytest.raises(ConfigError, match=r"has 1 channel\(s\) but the model expects 3"):
+        train(tmp_path / "rgb", dataclasses.replace(tiny_model_cfg, img_ch=3), TrainConfig(steps=1, batch_size=2),
+              device="cpu", progress=False)
+    assert not (tmp_path / "rgb" / "model.pt").exists()
 
 
 # ----- DDP ------------------------------------------------------------------------------

@@ -34,7 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sdm.errors import ConfigError
+
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import strict_from_dict
 from .data import DataError, ImageDataset
 from .fid import feature_statistics
 
@@ -54,7 +57,7 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
-        return cls(**d)
+        return strict_from_dict(cls, d, "classifier")
 
 
 class SmallCNN(nn.Module):
@@ -127,7 +130,7 @@ def train_classifier(dataset: ImageDataset, spec: str, steps: int = 400, batch_s
     caps the number of training images (tests).
     """
     if steps < 1:
-        raise ValueError("--steps must be >= 1")
+        raise ConfigError("--steps must be >= 1")
     labels = require_labels(dataset, spec)
     num_classes = int(labels.max()) + 1
     images = _images(dataset)

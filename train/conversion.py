@@ -44,7 +44,10 @@ import time
 
 import torch
 from torch import nn
-from sdm.errors import SDMError
+
+from sdm.errors import ConfigError, SDMError
+
+from .checkpoint import checkpoint_weights, uses_ema
 
 QANN_ALPHA_INIT = 6.0
 
@@ -123,8 +126,7 @@ def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "", signed: boo
         raise ConversionError(f"{source or 'checkpoint'}: convert needs a quantised ANN (sdm train --model qann), "
                               f"this checkpoint's model is neuron={cfg.neuron!r}")
     qann = SpikingUNet(cfg)
-    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    qann.load_state_dict(weights)
+    qann.load_state_dict(checkpoint_weights(ckpt, use_ema))
     slots = neuron_slots(qann)
     acts = [m for m in qann.modules() if isinstance(m, QuantReLU)]
     convs = [id(c) for _, _, c in slots]
@@ -153,7 +155,7 @@ def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "", signed: boo
         "data": ckpt.get("data"),
         "conversion": {"source": str(source), "bits": cfg.bits, "T": snn_cfg.T, "thetas": thetas,
                        "signed": bool(signed),
-                       "source_step": ckpt.get("step"), "used_ema": bool(use_ema and ckpt.get("ema") is not None)},
+                       "source_step": ckpt.get("step"), "used_ema": uses_ema(ckpt, use_ema)},
     }
 
 
@@ -193,7 +195,7 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
     from tqdm.auto import tqdm
 
     if steps < 1:
-        raise ValueError(f"fine-tuning needs at least one step per block, got {steps}")
+        raise ConfigError(f"fine-tuning needs at least one step per block, got {steps}")
     snn.eval()
     qann.eval()
     snn_blocks = [*snn.down, *snn.middle, *snn.up]
@@ -233,17 +235,17 @@ def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: f
 
     qcfg = UNetConfig.from_dict(qann_ckpt["model_config"])
     qann = SpikingUNet(qcfg)
-    qann.load_state_dict(qann_ckpt["ema"] if use_ema and qann_ckpt.get("ema") is not None else qann_ckpt["model"])
+    qann.load_state_dict(checkpoint_weights(qann_ckpt, use_ema))
     snn = SpikingUNet(UNetConfig.from_dict(snn_ckpt["model_config"]))
     snn.load_state_dict(snn_ckpt["model"])
     spec = data or (qann_ckpt.get("data") or {}).get("spec") or qann_ckpt.get("train_config", {}).get("data")
     if not spec:
         raise ConversionError("fine-tuning needs training data: give --data")
     dataset = load_dataset(spec, image_size=qcfg.img_size)
+    diffusion = GaussianDiffusion(ScheduleConfig(**snn_ckpt.get("diffusion", {})))
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    block_mse = finetune_blocks(snn, qann, infinite_loader(dataset, batch_size, seed=seed),
-                                GaussianDiffusion(ScheduleConfig(**snn_ckpt.get("diffusion", {}))), steps, lr=lr,
+    block_mse = finetune_blocks(snn, qann, infinite_loader(dataset, batch_size, seed=seed), diffusion, steps, lr=lr,
                                 generator=gen, progress=progress)
     snn_ckpt["model"] = snn.state_dict()
     snn_ckpt["conversion"]["finetune"] = {"steps_per_block": steps, "lr": lr, "data": spec,

@@ -12,15 +12,20 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, uses_ema
 from .data import load_dataset
+from .diffusion import GaussianDiffusion
 from .fid import cached_statistics, feature_statistics, file_sha256, frechet_distance
 from .sampling import generate, model_from_checkpoint
+from .unet import SpikingUNet, UNetConfig
 from sdm.errors import SDMError
+
+if TYPE_CHECKING:
+    from .classifier import SmallCNN
 
 
 class EvalError(SDMError):
@@ -41,26 +46,15 @@ def default_classifier_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).parent / "classifier.pt"
 
 
-def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-             threshold_scale: float = 1.0, use_ema: bool = True, seed: int = 0, batch_size: int = 64,
-             classifier: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
-             data: str | None = None, ref_n: int | None = None, device: str = "cpu",
-             progress: bool = True) -> dict[str, Any]:
-    """Generate ``n`` samples and compute the metrics; see the module docstring."""
-    from .classifier import classifier_features, classifier_scores, load_classifier
+def _checked_classifier(model_path: str | os.PathLike, classifier: str | os.PathLike | None, spec: str | None,
+                        cfg: UNetConfig, device: str) -> tuple[Path, SmallCNN, dict[str, Any], str]:
+    """The classifier of the offline metric: present, and made for this data set and image format.
 
-    if n < 2:
-        raise EvalError("--n must be >= 2 (a covariance needs at least two samples)")
-    if batch_size < 1:
-        raise EvalError("--batch-size must be >= 1")
-    ckpt = load_checkpoint(model_path)
-    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=use_ema, device=device, ckpt=ckpt)
-    cfg = model.cfg
-    trained_on = model_data_spec(ckpt)
+    Returns ``(path, model, checkpoint, data spec)``; the spec is the classifier's own when
+    neither ``--data`` nor the model's checkpoint names one."""
+    from .classifier import load_classifier
 
-    # ----- the classifier: present, and made for this data set and image format -----
     cls_path = Path(classifier) if classifier else default_classifier_path(model_path)
-    spec = data or trained_on
     if not cls_path.exists():
         how = f"sdm train-classifier --data {spec or 'SPEC'} --img-size {cfg.img_size} --out {cls_path}"
         raise EvalError(f"{cls_path}: no classifier for the offline metric; train one with `{how}` "
@@ -76,71 +70,112 @@ def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim"
     if (cdata["image_size"], cdata["channels"]) != (cfg.img_size, cfg.img_ch):
         raise EvalError(f"{cls_path}: classifier expects {cdata['channels']}x{cdata['image_size']}x"
                         f"{cdata['image_size']} images, the model makes {cfg.img_ch}x{cfg.img_size}x{cfg.img_size}")
+    return cls_path, clf, clf_ckpt, spec
 
-    # ----- Inception (loaded before sampling, so a bad file fails at once) -----
-    inception = None
-    if inception_weights:
-        from .inception import load_inception
 
-        inception = load_inception(inception_weights, device=device)
-
-    # ----- samples -----
+def _samples(model: SpikingUNet, diffusion: GaussianDiffusion, n: int, sampler: str, steps: int, eta: float,
+             seed: int, threshold_scale: float, batch_size: int, device: str,
+             progress: bool) -> tuple[torch.Tensor, float]:
+    """``(n samples on the CPU, seconds)``; samples that are not finite are an error."""
     t0 = time.perf_counter()
     x = generate(model, diffusion, n, sampler=sampler, steps=steps, eta=eta, seed=seed,
                  threshold_scale=threshold_scale, batch_size=batch_size, device=device, progress=progress).cpu()
-    sample_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if not torch.isfinite(x).all():
         raise FloatingPointError("the samples contain NaN or infinity")
+    return x, seconds
+
+
+def _offline_metrics(clf: SmallCNN, clf_ckpt: dict[str, Any], cls_path: Path, x: torch.Tensor,
+                     device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(classifier section, metrics)`` of the result: classifier FID, confidence and class statistics."""
+    from .classifier import classifier_features, classifier_scores
 
     ref = clf_ckpt["reference"]
     scores = classifier_scores(clf, x, device=device)
     mu, sigma = feature_statistics(classifier_features(clf, x, device=device))
+    info = {"path": str(cls_path), "test_accuracy": clf_ckpt.get("test_accuracy"),
+            "reference_images": ref["n"], "reference_confidence": ref["confidence"],
+            "reference_class_entropy": ref["class_entropy"]}
+    metrics = {
+        "classifier_fid": frechet_distance(mu, sigma, ref["mu"].numpy(), ref["sigma"].numpy()),
+        "classifier_confidence": scores["confidence"],
+        "class_entropy": scores["class_entropy"],
+        "class_histogram": scores["class_histogram"],
+    }
+    return info, metrics
+
+
+def _inception_metrics(result: dict[str, Any], inception: torch.nn.Module, inception_weights: str | os.PathLike,
+                       x: torch.Tensor, spec: str, cfg: UNetConfig, ref_n: int | None, device: str,
+                       progress: bool) -> None:
+    """Add standard FID and Inception Score to ``result``; the data set's statistics come from the
+    cache (keyed by data set, format, ``ref_n`` and the weights' SHA-256) or are computed once."""
+    from .inception import inception_features, inception_score
+
+    t1 = time.perf_counter()
+    wpath = Path(inception_weights)
+    digest = file_sha256(wpath)
+
+    def reference():
+        ds = load_dataset(spec, image_size=cfg.img_size, channels=cfg.img_ch)
+        imgs = ds.images_uint8 if ref_n is None else ds.images_uint8[:ref_n]
+        feats, _ = inception_features(inception, imgs.float().div(127.5).sub(1.0), device=device,
+                                      progress=progress, desc="inception[reference]")
+        return feature_statistics(feats)
+
+    key = {"data": _normal_spec(spec), "img_size": cfg.img_size, "img_ch": cfg.img_ch, "ref_n": ref_n,
+           "weights_sha256": digest, "features": "inception-v3-compat/2048"}
+    r_mu, r_sigma, cache_path, hit = cached_statistics(key, reference, kind="inception")
+    pool, logits = inception_features(inception, x, device=device, progress=progress, desc="inception[samples]")
+    s_mu, s_sigma = feature_statistics(pool)
+    is_mean, is_std = inception_score(logits)
+    result["metrics"].update({"inception_fid": frechet_distance(s_mu, s_sigma, r_mu, r_sigma),
+                              "inception_score": is_mean, "inception_score_std": is_std})
+    result["inception"] = {"weights": str(wpath), "weights_sha256": digest, "reference_images": ref_n or "all",
+                           "reference_cache": str(cache_path), "reference_cached": hit}
+    result["seconds"]["inception"] = time.perf_counter() - t1
+
+
+def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+             threshold_scale: float = 1.0, use_ema: bool = True, seed: int = 0, batch_size: int = 64,
+             classifier: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
+             data: str | None = None, ref_n: int | None = None, device: str = "cpu",
+             progress: bool = True) -> dict[str, Any]:
+    """Generate ``n`` samples and compute the metrics; see the module docstring."""
+    if n < 2:
+        raise EvalError("--n must be >= 2 (a covariance needs at least two samples)")
+    if batch_size < 1:
+        raise EvalError("--batch-size must be >= 1")
+    ckpt = load_checkpoint(model_path)
+    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=use_ema, device=device, ckpt=ckpt)
+    cfg = model.cfg
+    cls_path, clf, clf_ckpt, spec = _checked_classifier(model_path, classifier, data or model_data_spec(ckpt), cfg,
+                                                        device)
+    inception = None
+    if inception_weights:  # loaded before sampling, so a bad file fails at once
+        from .inception import load_inception
+
+        inception = load_inception(inception_weights, device=device)
+
+    x, sample_seconds = _samples(model, diffusion, n, sampler, steps, eta, seed, threshold_scale, batch_size,
+                                 device, progress)
+    classifier_info, metrics = _offline_metrics(clf, clf_ckpt, cls_path, x, device)
     result: dict[str, Any] = {
         "settings": {
             "model": str(model_path), "sampler": sampler, "steps": diffusion.steps if sampler == "ddpm" else steps,
             "eta": eta, "n": n, "seed": seed, "threshold_scale": threshold_scale,
-            "weights": "ema" if use_ema and ckpt.get("ema") is not None else "raw",
+            "weights": "ema" if uses_ema(ckpt, use_ema) else "raw",
             "batch_size": batch_size, "data": spec, "model_kind": cfg.neuron, "T": cfg.T,
             "img_size": cfg.img_size, "img_ch": cfg.img_ch, "stage": ckpt.get("stage", "base"),
             "train_step": ckpt.get("step"), "converted": "conversion" in ckpt, "device": str(device),
         },
-        "classifier": {"path": str(cls_path), "test_accuracy": clf_ckpt.get("test_accuracy"),
-                       "reference_images": ref["n"], "reference_confidence": ref["confidence"],
-                       "reference_class_entropy": ref["class_entropy"]},
-        "metrics": {
-            "classifier_fid": frechet_distance(mu, sigma, ref["mu"].numpy(), ref["sigma"].numpy()),
-            "classifier_confidence": scores["confidence"],
-            "class_entropy": scores["class_entropy"],
-            "class_histogram": scores["class_histogram"],
-        },
+        "classifier": classifier_info,
+        "metrics": metrics,
         "seconds": {"sampling": sample_seconds},
     }
-
     if inception is not None:
-        from .inception import inception_features, inception_score
-
-        t1 = time.perf_counter()
-        wpath = Path(inception_weights)
-        digest = file_sha256(wpath)
-
-        def reference():
-            ds = load_dataset(spec, image_size=cfg.img_size, channels=cfg.img_ch)
-            imgs = ds.images_uint8 if ref_n is None else ds.images_uint8[:ref_n]
-            feats, _ = inception_features(inception, imgs.float().div(127.5).sub(1.0), device=device,
-                                          progress=progress, desc="inception[reference]")
-            return feature_statistics(feats)
-
-        key = {"data": _normal_spec(spec), "img_size": cfg.img_size, "img_ch": cfg.img_ch, "ref_n": ref_n,
-               "weights_sha256": digest, "features": "inception-v3-compat/2048"}
-        r_mu, r_sigma, cache_path, hit = cached_statistics(key, reference, kind="inception")
-        pool, logits = inception_features(inception, x, device=device, progress=progress, desc="inception[samples]")
-        s_mu, s_sigma = feature_statistics(pool)
-        is_mean, is_std = inception_score(logits)
-        result["metrics"].update({"inception_fid": frechet_distance(s_mu, s_sigma, r_mu, r_sigma),
-                                  "inception_score": is_mean, "inception_score_std": is_std})
-        result["inception"] = {"weights": str(wpath), "weights_sha256": digest, "reference_images": ref_n or "all",
-                               "reference_cache": str(cache_path), "reference_cached": hit}
-        result["seconds"]["inception"] = time.perf_counter() - t1
+        _inception_metrics(result, inception, inception_weights, x, spec, cfg, ref_n, device, progress)
     return result
 
 

@@ -18,14 +18,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from sdm.errors import ConfigError
+
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import infinite_loader, load_dataset
+from .config import strict_from_dict
+from .data import ImageDataset, infinite_loader, load_dataset
 from .diffusion import GaussianDiffusion, ScheduleConfig
 from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
 from .unet import SpikingUNet, UNetConfig
@@ -48,18 +51,14 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if (self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1
                 or self.ema_bn_batches < 0):
-            raise ValueError(f"invalid training config: {self}")
+            raise ConfigError(f"invalid training config: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training config fields: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "training")
 
 
 def load_config_file(path: str | os.PathLike) -> tuple[dict, dict, dict]:
@@ -68,11 +67,11 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such config file") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(raw, dict) or set(raw) - {"model", "train", "diffusion", "comment"}:
-        raise ValueError(f"{path}: config must be an object with keys model, train, diffusion")
+        raise ConfigError(f"{path}: config must be an object with keys model, train, diffusion")
     return raw.get("model", {}), raw.get("train", {}), raw.get("diffusion", {})
 
 
@@ -122,7 +121,7 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else cfg.lr
 
 
-# ----- the loop -------------------------------------------------------------------------
+# ----- stages and steps ------------------------------------------------------------------
 TSM_LR = 1e-5  # SDM section 7.1: fine-tuning learning rate, no EMA
 
 
@@ -130,6 +129,219 @@ def _step_generator(gen: torch.Generator, seed: int, rank: int, step: int) -> to
     """Noise and t of a step depend only on (seed, rank, step): resume is exact on every rank
     without carrying generator state around."""
     return gen.manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
+
+
+# ----- restoring: what a --resume checkpoint contributes (stage rules, config merge) -----
+@dataclass
+class _Start:
+    """The configs a run starts from and, when resuming, the checkpoint it comes from.
+
+    ``continuing`` means the checkpoint is of the same stage: model, EMA, optimizer, step,
+    history and RNG all carry over.  Otherwise (``--tsm`` on a base checkpoint) only the
+    model weights do."""
+
+    model_cfg: UNetConfig
+    train_cfg: TrainConfig
+    schedule: ScheduleConfig
+    state: dict[str, Any] | None = None
+    continuing: bool = False
+
+
+def _check_stage(resume: str | os.PathLike, saved_stage: str, tsm: bool) -> None:
+    """Refuse checkpoints that ``sdm train`` must not continue (in the asked stage)."""
+    if saved_stage == "converted":
+        raise CheckpointError(f"{resume}: is a converted SNN (sdm convert); sdm train does not continue it "
+                              "(fine-tune it with sdm convert --finetune-steps)")
+    if saved_stage == "tsm" and not tsm:
+        raise CheckpointError(f"{resume}: is a TSM fine-tuning checkpoint; resume it with --tsm")
+
+
+def _restore(resume: str | os.PathLike, stage: str, overrides: dict[str, Any] | None) -> _Start:
+    """Architecture and schedule from the checkpoint; its training config as the base (switched to
+    ``TSM_LR`` and no EMA when a new stage starts), with ``overrides`` on top."""
+    state = load_checkpoint(resume)
+    saved_stage = state.get("stage", "base")
+    _check_stage(resume, saved_stage, tsm=stage == "tsm")
+    continuing = saved_stage == stage
+    model_cfg = UNetConfig.from_dict(state["model_config"])
+    schedule = ScheduleConfig(**state.get("diffusion", {}))
+    base = TrainConfig.from_dict(state.get("train_config", {}))
+    if not continuing:
+        base = dataclasses.replace(base, lr=TSM_LR, ema_decay=0.0)
+    train_cfg = dataclasses.replace(base, **(overrides or {}))
+    return _Start(model_cfg, train_cfg, schedule, state, continuing)
+
+
+def _starting_point(resume: str | os.PathLike | None, stage: str, model_cfg: UNetConfig | None,
+                    train_cfg: TrainConfig | None, schedule: ScheduleConfig | None,
+                    overrides: dict[str, Any] | None) -> _Start:
+    """The run's configs: restored from ``resume`` when given, else the arguments (defaults for ``None``)."""
+    if resume is not None:
+        return _restore(resume, stage, overrides)
+    return _Start(model_cfg or UNetConfig(), train_cfg or TrainConfig(), schedule or ScheduleConfig())
+
+
+# ----- building the run: model, EMA, optimizer, data, diffusion --------------------------
+@dataclass
+class _Run:
+    """Everything the step loop and the snapshots work on."""
+
+    dist_info: Dist
+    dev: torch.device
+    stage: str
+    train_cfg: TrainConfig
+    schedule: ScheduleConfig
+    model: SpikingUNet
+    ddp_model: nn.Module  # the model itself, or its DDP wrapper
+    ema: nn.Module | None
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    start: int  # first step of this run
+    history: list[list[float]]  # [step, mean loss] rows, carried over on resume
+    dataset: ImageDataset
+    batches: Iterator[torch.Tensor]
+    diffusion: GaussianDiffusion
+    gen: torch.Generator
+    use_bf16: bool
+
+
+def _build_model(start: _Start, tsm: bool, dev: torch.device) -> tuple[SpikingUNet, nn.Module | None]:
+    """The model (checkpoint weights, TSM gains when asked) and its EMA copy (when ``ema_decay > 0``)."""
+    model = SpikingUNet(start.model_cfg)
+    if start.state is not None:
+        model.load_state_dict(start.state["model"])
+    if tsm:
+        model.enable_tsm()
+    model.to(dev)
+    ema = None
+    if start.train_cfg.ema_decay > 0:
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        if start.continuing and start.state.get("ema") is not None:
+            ema.load_state_dict(start.state["ema"])
+    return model, ema
+
+
+def _resume_progress(start: _Start, optimizer: torch.optim.Optimizer) -> tuple[int, list[list[float]]]:
+    """``(first step, loss history)``; continuing a stage also restores the optimizer and torch's RNG."""
+    if not start.continuing:
+        return 0, []
+    state = start.state
+    optimizer.load_state_dict(state["optimizer"])
+    history = [list(h) for h in state.get("history", [])]
+    if "torch" in state.get("rng", {}):
+        torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"]), history
+
+
+def _load_data(cfg: TrainConfig, model: SpikingUNet) -> ImageDataset:
+    dataset = load_dataset(cfg.data, image_size=model.cfg.img_size)
+    if dataset.channels != model.cfg.img_ch:
+        raise ConfigError(
+            f"data set {cfg.data!r} has {dataset.channels} channel(s) but the model expects {model.cfg.img_ch}")
+    return dataset
+
+
+def _build_run(start: _Start, stage: str, tsm: bool, dist_info: Dist, dev: torch.device) -> _Run:
+    cfg = start.train_cfg
+    if cfg.batch_size % dist_info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by {dist_info.world_size} processes")
+    torch.manual_seed(cfg.seed)
+    model, ema = _build_model(start, tsm, dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    first, history = _resume_progress(start, optimizer)
+    ddp_model: nn.Module = model
+    if dist_info.world_size > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    dataset = _load_data(cfg, model)
+    batches = infinite_loader(dataset, cfg.batch_size // dist_info.world_size, seed=cfg.seed,
+                              rank=dist_info.rank, world_size=dist_info.world_size, start_batch=first)
+    diffusion = GaussianDiffusion(start.schedule)
+    gen = torch.Generator(device=dev)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+    return _Run(dist_info, dev, stage, cfg, start.schedule, model, ddp_model, ema, params, optimizer, first,
+                history, dataset, batches, diffusion, gen, use_bf16)
+
+
+# ----- the snapshot: what model.pt holds -------------------------------------------------
+def _ema_weights(run: _Run, step: int) -> dict[str, torch.Tensor] | None:
+    if run.ema is None:
+        return None
+    if run.train_cfg.ema_bn_batches == 0:
+        return run.ema.state_dict()
+    averaged = copy.deepcopy(run.ema)  # the running EMA keeps its copied buffers: resume stays exact
+    recalibrate_batchnorm(averaged, _noisy_batches(run.dataset, run.diffusion, run.train_cfg, step, run.dev))
+    return averaged.state_dict()
+
+
+def _snapshot(run: _Run, step: int) -> dict[str, Any]:
+    # the RNG state is read after the EMA recalibration, as it always was: resume stays exact
+    return {
+        "model_config": run.model.cfg.to_dict(),
+        "train_config": dataclasses.asdict(run.train_cfg),
+        "diffusion": dataclasses.asdict(run.schedule),
+        "stage": run.stage,
+        "model": run.model.state_dict(),
+        "ema": _ema_weights(run, step),
+        "optimizer": run.optimizer.state_dict(),
+        "step": step,
+        "history": run.history,
+        "rng": {"torch": torch.get_rng_state()},
+        "data": {"spec": run.train_cfg.data, "channels": run.dataset.channels, "image_size": run.model.cfg.img_size},
+    }
+
+
+# ----- the step loop ---------------------------------------------------------------------
+def _train_step(run: _Run, step: int, x0: torch.Tensor) -> float:
+    """One optimizer step (and EMA update); returns the loss, averaged over the ranks."""
+    cfg = run.train_cfg
+    for g in run.optimizer.param_groups:
+        g["lr"] = _lr_at(step, cfg)
+    with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        loss = run.diffusion.loss(run.ddp_model, x0,
+                                  generator=_step_generator(run.gen, cfg.seed, run.dist_info.rank, step))
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.optimizer.step()
+    if run.ema is not None:
+        ema_update(run.ema, run.model, ema_decay_at(step, cfg.ema_decay))
+    value = loss.detach().float()
+    if run.dist_info.world_size > 1:
+        dist.all_reduce(value)
+        value /= run.dist_info.world_size
+    value = float(value)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
+    return value
+
+
+def _step_loop(run: _Run, end: int, ckpt_path: Path, progress: bool) -> float:
+    """Steps ``run.start`` to ``end``: log the mean loss every ``log_every`` steps, save every
+    ``ckpt_every`` steps and at the end; returns the seconds spent."""
+    from tqdm.auto import tqdm
+
+    cfg = run.train_cfg
+    run.model.train()
+    bar = tqdm(range(run.start, end), initial=run.start, total=cfg.steps, desc=f"train[{run.stage}]",
+               disable=not (progress and run.dist_info.is_main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    running, n_running = 0.0, 0
+    for step in bar:
+        x0 = next(run.batches).to(run.dev, non_blocking=True)
+        running, n_running = running + _train_step(run, step, x0), n_running + 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            run.history.append([done, running / n_running])
+            bar.set_postfix(loss=f"{running / n_running:.4f}")
+            running, n_running = 0.0, 0
+        if run.dist_info.is_main and (done % cfg.ckpt_every == 0 or done == end):
+            save_checkpoint(ckpt_path, _snapshot(run, done))
+    elapsed = time.perf_counter() - t0
+    bar.close()
+    return elapsed
 
 
 def train(
@@ -153,141 +365,22 @@ def train(
     learning rate ``TSM_LR`` and no EMA unless overridden.  ``max_steps_this_run`` stops
     early (tests use it to simulate an interruption).
     """
-    from tqdm.auto import tqdm
-
     dist_info, dev = init_distributed(device)
     ckpt_path = Path(out_dir) / "model.pt"
     stage = "tsm" if tsm else "base"
-    state: dict[str, Any] | None = None
-    continuing = False
-    if resume is not None:
-        state = load_checkpoint(resume)
-        saved_stage = state.get("stage", "base")
-        if saved_stage == "converted":
-            raise CheckpointError(f"{resume}: is a converted SNN (sdm convert); sdm train does not continue it "
-                                  "(fine-tune it with sdm convert --finetune-steps)")
-        if saved_stage == "tsm" and not tsm:
-            raise CheckpointError(f"{resume}: is a TSM fine-tuning checkpoint; resume it with --tsm")
-        continuing = saved_stage == stage
-        model_cfg = UNetConfig.from_dict(state["model_config"])
-        schedule = ScheduleConfig(**state.get("diffusion", {}))
-        base = TrainConfig.from_dict(state.get("train_config", {}))
-        if not continuing:
-            base = dataclasses.replace(base, lr=TSM_LR, ema_decay=0.0)
-        train_cfg = dataclasses.replace(base, **(overrides or {}))
-    model_cfg = model_cfg or UNetConfig()
-    train_cfg = train_cfg or TrainConfig()
-    schedule = schedule or ScheduleConfig()
-    if train_cfg.batch_size % dist_info.world_size:
-        raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {dist_info.world_size} processes")
-
-    torch.manual_seed(train_cfg.seed)
-    model = SpikingUNet(model_cfg)
-    if state is not None:
-        model.load_state_dict(state["model"])
-    if tsm:
-        model.enable_tsm()
-    model.to(dev)
-
-    ema = None
-    if train_cfg.ema_decay > 0:
-        ema = copy.deepcopy(model).eval().requires_grad_(False)
-        if continuing and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=train_cfg.lr)
-    start, history = 0, []
-    if continuing:
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        history = [list(h) for h in state.get("history", [])]
-        if "torch" in state.get("rng", {}):
-            torch.set_rng_state(state["rng"]["torch"])
-
-    ddp_model: nn.Module = model
-    if dist_info.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    dataset = load_dataset(train_cfg.data, image_size=model.cfg.img_size)
-    if dataset.channels != model.cfg.img_ch:
-        raise ValueError(
-            f"data set {train_cfg.data!r} has {dataset.channels} channel(s) but the model expects {model.cfg.img_ch}")
-    batches = infinite_loader(dataset, train_cfg.batch_size // dist_info.world_size, seed=train_cfg.seed,
-                              rank=dist_info.rank, world_size=dist_info.world_size, start_batch=start)
-    diffusion = GaussianDiffusion(schedule)
-    gen = torch.Generator(device=dev)
-    use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and dev.type == "cuda")
-
-    def ema_weights(step: int) -> dict[str, torch.Tensor] | None:
-        if ema is None:
-            return None
-        if train_cfg.ema_bn_batches == 0:
-            return ema.state_dict()
-        averaged = copy.deepcopy(ema)  # the running EMA keeps its copied buffers: resume stays exact
-        recalibrate_batchnorm(averaged, _noisy_batches(dataset, diffusion, train_cfg, step, dev))
-        return averaged.state_dict()
-
-    def snapshot(step: int) -> dict[str, Any]:
-        return {
-            "model_config": model.cfg.to_dict(),
-            "train_config": dataclasses.asdict(train_cfg),
-            "diffusion": dataclasses.asdict(schedule),
-            "stage": stage,
-            "model": model.state_dict(),
-            "ema": ema_weights(step),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "history": history,
-            "rng": {"torch": torch.get_rng_state()},
-            "data": {"spec": train_cfg.data, "channels": dataset.channels, "image_size": model.cfg.img_size},
-        }
-
-    end = train_cfg.steps if max_steps_this_run is None else min(train_cfg.steps, start + max_steps_this_run)
-    model.train()
-    bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc=f"train[{stage}]",
-               disable=not (progress and dist_info.is_main), dynamic_ncols=True)
-    t0 = time.perf_counter()
-    running, n_running = 0.0, 0
-    for step in bar:
-        x0 = next(batches).to(dev, non_blocking=True)
-        for g in optimizer.param_groups:
-            g["lr"] = _lr_at(step, train_cfg)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = diffusion.loss(ddp_model, x0, generator=_step_generator(gen, train_cfg.seed, dist_info.rank, step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema_update(ema, model, ema_decay_at(step, train_cfg.ema_decay))
-        value = loss.detach().float()
-        if dist_info.world_size > 1:
-            dist.all_reduce(value)
-            value /= dist_info.world_size
-        value = float(value)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
-        running, n_running = running + value, n_running + 1
-        done = step + 1
-        if done % train_cfg.log_every == 0 or done == end:
-            history.append([done, running / n_running])
-            bar.set_postfix(loss=f"{running / n_running:.4f}")
-            running, n_running = 0.0, 0
-        if dist_info.is_main and (done % train_cfg.ckpt_every == 0 or done == end):
-            save_checkpoint(ckpt_path, snapshot(done))
-    elapsed = time.perf_counter() - t0
-    bar.close()
+    start = _starting_point(resume, stage, model_cfg, train_cfg, schedule, overrides)
+    run = _build_run(start, stage, tsm, dist_info, dev)
+    cfg = run.train_cfg
+    end = cfg.steps if max_steps_this_run is None else min(cfg.steps, run.start + max_steps_this_run)
+    elapsed = _step_loop(run, end, ckpt_path, progress)
     if dist_info.world_size > 1:
         dist.barrier()
     return {
         "checkpoint": str(ckpt_path),
         "stage": stage,
         "steps": end,
-        "trained_steps": max(0, end - start),
+        "trained_steps": max(0, end - run.start),
         "seconds": elapsed,
-        "images_per_s": (end - start) * train_cfg.batch_size / elapsed if end > start else 0.0,
-        "history": history,
+        "images_per_s": (end - run.start) * cfg.batch_size / elapsed if end > run.start else 0.0,
+        "history": run.history,
     }

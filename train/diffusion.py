@@ -116,6 +116,16 @@ class GaussianDiffusion:
         ts = torch.linspace(0, self.steps - 1, num_steps).round().long().unique()
         return ts.flip(0).tolist()
 
+    def logsnr_timesteps(self, num_steps: int) -> list[int]:
+        """Up to ``num_steps`` timesteps (descending, from ``steps - 1`` to 0) uniform in the half log-SNR
+        ``lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t))``: DPM-Solver's grid for low-resolution images."""
+        if not 2 <= num_steps <= self.steps:
+            raise ConfigError(f"sampling steps must be in [2, {self.steps}] for a log-SNR grid, got {num_steps}")
+        lam = 0.5 * (self.abar.log() - (1.0 - self.abar).log())
+        targets = torch.linspace(float(lam[-1]), float(lam[0]), num_steps, dtype=torch.float64)
+        ts = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).unique()
+        return ts.flip(0).tolist()
+
     def ddim_step(self, x_t, t: int, s: int, eps, noise, eta: float = 0.0, clip: bool = True):
         """One DDIM step t -> s (s = -1 means the final step to x_0)."""
         tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)

@@ -19,16 +19,26 @@ function per IR node type, :data:`ROW_FUNCTIONS`), :func:`price` returns priced 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
+from sdm.export.ir import (
+    AnalogInput,
+    Conv,
+    HostParams,
+    IFNeurons,
+    Junction,
+    Node,
+    Output,
+    SNNGraph,
+    TemporalAffine,
+    Upsample,
+)
 from torch.nn import functional as F
 
 from sdm.errors import ConfigError
-from sdm.export.ir import (AnalogInput, Conv, HostParams, IFNeurons, Junction, Node, Output, SNNGraph, TemporalAffine,
-                           Upsample)
 
 from .presets import Preset
 
@@ -121,7 +131,6 @@ def _neurons_row(graph: SNNGraph, node: IFNeurons, spikes: Spikes, T: int) -> Ro
 
 def _no_row(graph: SNNGraph, node: Node, spikes: Spikes, T: int) -> None:
     """Inputs, upsampling (counted in the next conv's fan-out), sums and the output: not priced."""
-    return None
 
 
 ROW_FUNCTIONS: dict[type, Callable[[SNNGraph, Node, Spikes, int], Row | None]] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdm.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -31,3 +33,10 @@ PRESETS = {
                     "neuron update, as used by keras-spiking; analog (MAC) layers run on the host at 45 nm FP32"),
 }
 MEMORY_SOURCE = "Horowitz 2014: 64-bit read from a 32 KB SRAM 20 pJ, i.e. 10 pJ per 32-bit weight"
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; :class:`~sdm.errors.ConfigError` naming the choices otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -9,76 +9,103 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-
+from sdm.export.ir import SNNGraph
 from sdm.export.lower import lower_unet
-from sdm.files import atomic_write
 from sdm.train.sampling import model_from_checkpoint
 
+from sdm.files import atomic_write
+
 from .counting import ann_macs, count_layers, dense_conv_macs, paper_formula_pj, price
-from .presets import MEMORY_SOURCE, PRESETS
+from .presets import MEMORY_SOURCE, PRESETS, Preset, get_preset
 from .rates import SpikeCounts, model_spike_counts, read_sim_counts, trajectory_inputs
 
 COLUMNS = ["name", "layer", "kind", "input_rate", "dense_flops", "executions", "sop_paper", "synaptic_events",
            "macs", "neuron_updates", "energy_pj", "share"]
+ANN_PRESET = "45nm-fp32"  # the ANN comparison is priced at 45 nm FP32 whatever the SNN's preset
 
 
 def energy_report(model_path: str | os.PathLike, denoise_steps: int = 4, n: int = 4, seed: int = 0,
                   sampler: str = "ddim", preset: str = "45nm-fp32", sim_dir: str | None = None, data: str | None = None,
                   memory: bool = False, use_ema: bool = True) -> dict:
     """Everything the report shows, as a dict (rows, totals, per-t totals, assumptions)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    cost = PRESETS[preset]
+    cost = get_preset(preset)
     model, diffusion, _ = model_from_checkpoint(model_path, use_ema=use_ema)
     graph = lower_unet(model)
-    if sim_dir is not None:
-        counts, _ = read_sim_counts(sim_dir, graph)
-    else:
-        dataset = None
-        if data is not None:
-            from sdm.train.data import load_dataset
-
-            dataset = load_dataset(data, image_size=model.cfg.img_size)
-        inputs = trajectory_inputs(model, diffusion, n, denoise_steps, seed, sampler, dataset)
-        counts = SpikeCounts([int(t[0]) for _, t in inputs], model_spike_counts(model, graph, inputs),
-                             f"PyTorch hooks, {n} image(s), {'noised ' + data if data else sampler + ' trajectory'}")
-    rows = count_layers(graph, counts.mean())
-    total = price(rows, cost, memory=memory)
-    paper_rows = count_layers(graph, counts.mean())
-    paper_total_sop = price(paper_rows, cost, convention="paper", memory=memory)
-    per_t = []
-    for i, t in enumerate(counts.timesteps):
-        r = count_layers(graph, counts.at_call(i))
-        per_t.append({"t": t, "energy_pj": price(r, cost, memory=memory),
-                      "mean_input_rate": float(np.mean([x.input_rate for x in r if x.kind == "AC"]))})
-    ann = ann_macs(graph) * PRESETS["45nm-fp32"].mac_pj
-    paper = paper_formula_pj(rows, cost)
+    counts = spike_counts(model, diffusion, graph, n, denoise_steps, seed, sampler, sim_dir=sim_dir, data=data)
     steps = denoise_steps if sim_dir is None else len(counts.timesteps)
     return {
         "model": str(model_path), "preset": cost.describe(), "spike_source": counts.source,
         "timesteps": counts.timesteps, "T": graph.host.T,
-        "rows": [r.to_dict() for r in rows],
-        "total_pj_per_call": total,
-        "total_pj_per_sample": total * steps,
-        "paper_sop_convention_total_pj": paper_total_sop,
+        **rows_and_totals(graph, counts, cost, memory, steps),
+        "per_t": per_t_totals(graph, counts, cost, memory),
+        "assumptions": assumptions(memory),
+    }
+
+
+def spike_counts(model, diffusion, graph: SNNGraph, n: int, steps: int, seed: int, sampler: str,
+                 sim_dir: str | os.PathLike | None = None, data: str | None = None) -> SpikeCounts:
+    """The spikes of the chosen source: ``sdm simulate``'s record in ``sim_dir`` (checked against
+    ``graph``), else PyTorch hooks on ``n`` images along a ``sampler`` trajectory of ``steps``
+    denoiser calls, or on training images (``data``) noised to the same timesteps."""
+    if sim_dir is not None:
+        counts, _ = read_sim_counts(sim_dir, graph)
+        return counts
+    dataset = None
+    if data is not None:
+        from sdm.train.data import load_dataset
+
+        dataset = load_dataset(data, image_size=model.cfg.img_size)
+    inputs = trajectory_inputs(model, diffusion, n, steps, seed, sampler, dataset)
+    return SpikeCounts([int(t[0]) for _, t in inputs], model_spike_counts(model, graph, inputs),
+                       f"PyTorch hooks, {n} image(s), {'noised ' + data if data else sampler + ' trajectory'}")
+
+
+def rows_and_totals(graph: SNNGraph, counts: SpikeCounts, cost: Preset, memory: bool, steps: int) -> dict:
+    """The priced rows of the mean call and the totals beside them: per call and per sample of
+    ``steps`` calls, the paper's SOP convention and formula, and the ANN comparison.
+
+    The layers are counted once; :func:`price` leaves the rows as they are, so the same rows are
+    priced under both conventions."""
+    rows = count_layers(graph, counts.mean())
+    exact = price(rows, cost, memory=memory)
+    paper_sop = price(rows, cost, convention="paper", memory=memory)
+    ann = ann_macs(graph) * PRESETS[ANN_PRESET].mac_pj
+    paper = paper_formula_pj(rows, cost)
+    return {
+        "rows": [r.to_dict() for r in exact.rows],
+        "total_pj_per_call": exact.total_pj,
+        "total_pj_per_sample": exact.total_pj * steps,
+        "paper_sop_convention_total_pj": paper_sop.total_pj,
         "paper_formula_pj_per_call": paper,
         "dense_conv_macs_per_step": dense_conv_macs(graph),
         "ann_pj_per_call": ann,
-        "snn_over_ann": total / ann,
+        "snn_over_ann": exact.total_pj / ann,
         "paper_formula_over_ann": paper / ann,
-        "per_t": per_t,
-        "assumptions": [
-            "counts are per denoiser call and per image; a sample costs that times the denoising steps",
-            "first conv (analog image, same at every step) computed once per call",
-            "AC rows priced per exact synaptic event (padding, stride, zero weights); "
-            "the paper convention fr*T*FLOPs is reported beside it",
-            "MAC rows: analog convs (first conv, 1x1 shortcuts), TSM gains, time MLP, block projections, tail",
-            "BatchNorm folded into the convs; residual additions and neuron updates not priced "
-            "(except neuron updates in the loihi preset)",
-            "ANN: the same UNet, every layer once, dense, at 45 nm FP32",
-        ] + ([f"memory: one weight read per AC/MAC ({MEMORY_SOURCE})"] if memory else []),
     }
+
+
+def per_t_totals(graph: SNNGraph, counts: SpikeCounts, cost: Preset, memory: bool) -> list[dict]:
+    """Each denoiser call's total (exact convention) and mean input rate of its AC rows, by timestep."""
+    per_t = []
+    for i, t in enumerate(counts.timesteps):
+        rows = count_layers(graph, counts.at_call(i))
+        per_t.append({"t": t, "energy_pj": price(rows, cost, memory=memory).total_pj,
+                      "mean_input_rate": float(np.mean([r.input_rate for r in rows if r.kind == "AC"]))})
+    return per_t
+
+
+def assumptions(memory: bool) -> list[str]:
+    """What the numbers assume, printed with every report."""
+    return [
+        "counts are per denoiser call and per image; a sample costs that times the denoising steps",
+        "first conv (analog image, same at every step) computed once per call",
+        ("AC rows priced per exact synaptic event (padding, stride, zero weights); "
+         "the paper convention fr*T*FLOPs is reported beside it"),
+        "MAC rows: analog convs (first conv, 1x1 shortcuts), TSM gains, time MLP, block projections, tail",
+        ("BatchNorm folded into the convs; residual additions and neuron updates not priced "
+         "(except neuron updates in the loihi preset)"),
+        "ANN: the same UNet, every layer once, dense, at 45 nm FP32",
+    ] + ([f"memory: one weight read per AC/MAC ({MEMORY_SOURCE})"] if memory else [])
 
 
 def format_table(rep: dict) -> str:

@@ -222,3 +222,180 @@ def test_sample_bad_options(capsys, trained_ckpt, tmp_path):
         main(["sample", str(trained_ckpt), "--threshold-sweep", "0.9,abc"])
     assert info.value.code == 2
     assert "comma-separated numbers" in capsys.readouterr().err
+
+
+# ----- version, shared options, the error wrapper ------------------------------------------
+def test_version(capsys):
+    import sdm
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"sdm {sdm.__version__}\n"
+
+
+# Which of the shared options (sdm/commands/options.py) each command has.
+SHARED = ("--seed", "--threads", "--device", "--no-ema", "--batch-size")
+SHARED_BY_COMMAND = {
+    "train": {"--seed", "--threads", "--device", "--batch-size"},
+    "sample": set(SHARED),
+    "export-nir": {"--threads", "--no-ema"},
+    "import-nir": {"--seed", "--threads", "--no-ema"},
+    "simulate": {"--seed", "--threads"},
+    "convert": {"--seed", "--threads", "--no-ema", "--batch-size"},
+    "train-classifier": {"--seed", "--threads", "--device", "--batch-size"},
+    "eval": set(SHARED),
+    "energy": {"--seed", "--threads", "--no-ema"},
+    "demo": {"--seed", "--threads", "--no-ema"},
+}
+
+
+def _help(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_command_is_in_the_table(capsys):
+    out = _help(capsys, ["--help"])
+    for command in SHARED_BY_COMMAND:
+        assert command in out
+    from sdm.commands import COMMANDS
+
+    assert {c.replace("_", "-") for c in COMMANDS} == set(SHARED_BY_COMMAND)
+
+
+@pytest.mark.parametrize("command", sorted(SHARED_BY_COMMAND))
+def test_subcommand_help_lists_its_shared_options(capsys, command):
+    out = _help(capsys, [command, "--help"])
+    assert out.startswith(f"usage: sdm {command}")
+    assert "common options:" in out
+    listed = {flag for flag in SHARED if f"  {flag}" in out}
+    assert listed == SHARED_BY_COMMAND[command], out
+
+
+def test_export_nir_script_has_the_same_options(capsys):
+    from sdm.cli import export_nir_main
+
+    with pytest.raises(SystemExit) as info:
+        export_nir_main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: export-nir")
+    assert {flag for flag in SHARED if f"  {flag}" in out} == SHARED_BY_COMMAND["export-nir"]
+    assert "--threshold-scale" in out and "MODEL.pt" in out
+
+
+def test_shared_option_defaults_are_per_command():
+    from sdm.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["sample", "m.pt"]).batch_size == 64
+    assert parse(["convert", "q.pt", "--out", "s.pt"]).batch_size == 16
+    assert parse(["eval", "m.pt"]).batch_size == 64
+    assert parse(["train-classifier", "--out", "c.pt"]).batch_size == 64
+    a = parse(["train"])  # None: the configuration (file or TrainConfig) decides
+    assert (a.batch_size, a.seed, a.threads, a.device) == (None, None, None, None)
+    for argv in (["sample", "m.pt"], ["energy", "m.pt"], ["simulate", "m.nir", "--out", "d"], ["demo"],
+                 ["import-nir", "m.nir"], ["eval", "m.pt"], ["convert", "q.pt", "--out", "s.pt"]):
+        a = parse(argv)
+        assert a.seed == 0 and a.threads is None, argv
+    for argv in (["sample", "m.pt"], ["energy", "m.pt"], ["export-nir", "m.pt"], ["import-nir", "m.nir"],
+                 ["eval", "m.pt"], ["convert", "q.pt", "--out", "s.pt"], ["demo"]):
+        assert parse(argv).no_ema is False and parse([*argv, "--no-ema"]).no_ema is True, argv
+
+
+def test_bad_shared_options(capsys, trained_ckpt):
+    for argv, needle in ((["sample", str(trained_ckpt), "--threads", "-1"], "--threads"),
+                         (["sample", str(trained_ckpt), "--batch-size", "0"], "--batch-size"),
+                         (["energy", str(trained_ckpt), "--threads", "two"], "--threads")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert needle in capsys.readouterr().err
+    fails(capsys, ["sample", str(trained_ckpt), "-n", "1", "--steps", "1", "--device", "nosuch"], "--device", "nosuch")
+    fails(capsys, ["train", "--out", "unused", "--device", "nosuch"], "--device")
+    fails(capsys, ["energy", str(trained_ckpt), "-n", "0"], "-n")
+
+
+def test_threads_option_sets_torch_threads(capsys, trained_ckpt, tmp_path, torch_threads):
+    try:
+        assert main(["energy", str(trained_ckpt), "--denoise-steps", "1", "-n", "1", "--threads", "1",
+                     "--format", "json", "--out", str(tmp_path / "e.json")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def test_energy_no_ema(capsys, trained_ckpt, tmp_path):
+    """`sdm energy --no-ema` prices the raw weights: the API's use_ema=False, not the EMA report."""
+    import json
+
+    from sdm.energy.report import energy_report
+
+    ckpt = load_checkpoint(trained_ckpt)
+    assert ckpt["ema"] is not None
+    assert any(not torch.equal(ckpt["ema"][k], v) for k, v in ckpt["model"].items())  # the fixture's EMA differs
+    args = ["energy", str(trained_ckpt), "--denoise-steps", "2", "-n", "2", "--format", "json"]
+    assert main([*args, "--out", str(tmp_path / "ema.json")]) == 0
+    assert main([*args, "--no-ema", "--out", str(tmp_path / "raw.json")]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'ema.json'}", f"wrote {tmp_path / 'raw.json'}"]
+    ema = json.loads((tmp_path / "ema.json").read_text())
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["total_pj_per_call"] != ema["total_pj_per_call"]
+    assert [r["input_rate"] for r in raw["rows"]] != [r["input_rate"] for r in ema["rows"]]
+    api = energy_report(trained_ckpt, denoise_steps=2, n=2, use_ema=False)
+    assert raw["total_pj_per_call"] == pytest.approx(api["total_pj_per_call"])
+
+
+def test_internal_value_error_keeps_its_traceback(monkeypatch, capsys, trained_ckpt):
+    """Only the project's own errors become one line: a plain ValueError is a bug and propagates."""
+    from sdm.energy import report
+    from sdm.errors import ConfigError
+
+    def bug(*a, **k):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(report, "energy_report", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["energy", str(trained_ckpt)])
+
+    def user_error(*a, **k):
+        raise ConfigError("a bad option")
+
+    monkeypatch.setattr(report, "energy_report", user_error)
+    assert fails(capsys, ["energy", str(trained_ckpt)]) == "sdm energy: error: a bad option"
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch, capsys, trained_ckpt):
+    from sdm.export import api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "export_checkpoint", interrupted)
+    assert main(["export-nir", str(trained_ckpt)]) == 130
+    assert capsys.readouterr().err.strip() == "sdm: interrupted"
+
+
+def test_demo_constants_live_with_the_command():
+    from sdm.commands.demo import DEMO_CHECKPOINT, DEMO_MODEL, DEMO_TRAIN
+
+    assert DEMO_CHECKPOINT.name == "demo.pt" and DEMO_CHECKPOINT.parent.name == "models"
+    assert DEMO_CHECKPOINT.parent.parent == Path(__file__).resolve().parent.parent
+    assert DEMO_MODEL["img_ch"] == 1 and DEMO_TRAIN["data"] == "mnist-bundled"
+
+
+def test_import_nir_samples_and_compares(capsys, trained_ckpt, tmp_path):
+    nir_file = tmp_path / "m.nir"
+    assert main(["export-nir", str(trained_ckpt), "-o", str(nir_file), "--dtype", "float64", "--threads", "1"]) == 0
+    grid = tmp_path / "g.png"
+    assert main(["import-nir", str(nir_file), "--dtype", "float64", "--compare", str(trained_ckpt),
+                 "--sample", str(grid), "-n", "4", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert " 0 of " in out and f"wrote {grid}" in out
+    assert _grid(grid).shape == (76, 76)
+    # the raw weights are another model than the EMA export
+    assert main(["import-nir", str(nir_file), "--dtype", "float64", "--compare", str(trained_ckpt), "--no-ema"]) == 0
+    assert " 0 of " not in capsys.readouterr().out

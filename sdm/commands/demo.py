@@ -1,0 +1,135 @@
+"""``sdm demo``: the whole pipeline on the embedded default data set (bundled MNIST subset).
+
+1. the model: the committed demo checkpoint ``models/demo.pt`` (trained by ``sdm train`` on
+   mnist-bundled; see README), or, with ``--train-steps N`` or when it is missing, a short
+   training run;
+2. a sample grid from PyTorch (DDIM);
+3. NIR export, read back and checked layer by layer;
+4. a few denoising steps in Lava (floating_pt), compared spike for spike with PyTorch;
+5. the per-layer energy report and plot.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import options
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent.parent / "models" / "demo.pt"
+DEMO_MODEL = {"ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "T": 4, "img_size": 32, "img_ch": 1}
+DEMO_TRAIN = {"data": "mnist-bundled", "batch_size": 32, "lr": 1e-3, "warmup": 20, "ckpt_every": 100,
+              "log_every": 10}
+
+
+def add_parser(sub):
+    p = sub.add_parser("demo", help="run the pipeline end to end on the bundled MNIST subset",
+                       description="Sample, export to NIR, simulate in Lava and report energy for the demo model.",
+                       parents=[options.seed(help="seed of the sample grid, the Lava run and the energy trajectory "
+                                                  "(a --train-steps run keeps the training default)"),
+                                options.threads(),
+                                options.no_ema("use the checkpoint's raw weights instead of its EMA")])
+    p.add_argument("--out", default="demo_out", help="output directory")
+    p.add_argument("--model", default=str(DEMO_CHECKPOINT), help="checkpoint to demonstrate")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="train a fresh small model for this many steps instead of using --model")
+    p.add_argument("-n", type=int, default=36, help="samples in the grid")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the grid")
+    p.add_argument("--lava-steps", type=int, default=2, help="denoising steps simulated in Lava (0: skip)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(a) -> None:
+    options.apply_threads(a)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    model_path = _model(a, out)
+    model = _sample(a, model_path, out)
+    _export(a, model, model_path, out)
+    _lava(a, out)
+    _energy(a, model_path, out)
+    print(f"demo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}/")
+
+
+def _model(a, out: Path) -> Path:
+    """Step 1: the checkpoint to demonstrate (trained here with --train-steps or when it is missing)."""
+    model_path = Path(a.model)
+    if not a.train_steps and model_path.exists():
+        print(f"[1/5] model: {model_path}")
+        return model_path
+    from sdm.train.trainer import TrainConfig, train
+    from sdm.train.unet import UNetConfig
+
+    steps = a.train_steps or 300
+    print(f"[1/5] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
+    summary = train(out / "train", UNetConfig.from_dict(DEMO_MODEL),
+                    TrainConfig.from_dict({**DEMO_TRAIN, "steps": steps}), device="cpu")
+    hist = summary["history"]
+    print(f"      loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}, {summary['images_per_s']:.1f} img/s")
+    return Path(summary["checkpoint"])
+
+
+def _sample(a, model_path: Path, out: Path):
+    """Step 2: a DDIM grid in PyTorch; returns the model."""
+    from sdm.train.sampling import generate, model_from_checkpoint, save_grid
+
+    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=not a.no_ema)
+    cfg = model.cfg
+    print(f"      {cfg.img_size}x{cfg.img_size}x{cfg.img_ch}, ch {cfg.ch}, ch_mult {list(cfg.ch_mult)}, "
+          f"T={cfg.T}, trained {ckpt.get('step', '?')} steps on {ckpt.get('data', {}).get('spec', '?')}")
+    print(f"[2/5] sampling {a.n} images with DDIM ({a.sample_steps} steps) in PyTorch")
+    t0 = time.perf_counter()
+    x = generate(model, diffusion, a.n, sampler="ddim", steps=a.sample_steps, seed=a.seed)
+    print(f"      wrote {save_grid(x, out / 'samples.png', scale=2)} ({time.perf_counter() - t0:.1f} s)")
+    return model
+
+
+def _export(a, model, model_path: Path, out: Path) -> None:
+    """Step 3: NIR export, read back and compared layer by layer with the checkpoint."""
+    import torch
+
+    from sdm.export.api import export_checkpoint, import_nir
+    from sdm.export.verify import compare
+
+    print("[3/5] exporting to NIR and checking the import layer by layer")
+    cfg = model.cfg
+    s = export_checkpoint(model_path, out / "demo.nir", dtype="float64", use_ema=not a.no_ema)
+    den = import_nir(out / "demo.nir", dtype="float64")
+    g = torch.Generator().manual_seed(a.seed + 1)
+    xt = torch.randn(2, cfg.img_ch, cfg.img_size, cfg.img_size, generator=g, dtype=torch.float64)
+    r = compare(model.double(), den, xt, torch.tensor([100, 800]))
+    model.float()
+    print(f"      {s['path']}: {s['nodes']} nodes, {s['bytes'] / 1e6:.2f} MB, extensions "
+          f"{', '.join(s['extensions'])}; spikes differing from the checkpoint: {r['total_mismatches']}, "
+          f"max |eps| difference {r['eps_max_abs_err']:.1e}")
+
+
+def _lava(a, out: Path) -> None:
+    """Step 4: ``--lava-steps`` denoising steps in Lava, each checked against PyTorch."""
+    if a.lava_steps <= 0:
+        print("[4/5] Lava simulation skipped (--lava-steps 0)")
+        return
+    print(f"[4/5] {a.lava_steps} denoising steps in Lava (floating_pt, CPU), each checked against PyTorch")
+    from sdm.neuromorphic.run import simulate
+
+    rep = simulate(out / "demo.nir", out / "lava", denoise_steps=a.lava_steps, n=1, seed=a.seed)
+    per_call = rep["seconds_per_call_after_first"]
+    print(f"      {rep['lava_processes']} Lava processes, {rep['lava_steps_per_call']} Lava steps per call, "
+          f"compile + first call {rep['compile_and_first_call_seconds']:.1f} s"
+          + (f", then {per_call:.1f} s per call" if per_call else ""))
+    print(f"      agreement with PyTorch: {rep['total_spike_mismatches']} spike mismatches, max eps error "
+          f"{max(rep['eps_max_abs_err_per_call']):.1e}, final image max error {rep['final_image_max_abs_err']:.1e}")
+
+
+def _energy(a, model_path: Path, out: Path) -> None:
+    """Step 5: the energy report of a 4-step DDIM trajectory of 4 images, as a table and a plot."""
+    from sdm.energy.report import energy_report, format_table, plot
+
+    print("[5/5] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
+    rep = energy_report(model_path, denoise_steps=4, n=4, seed=a.seed, use_ema=not a.no_ema)
+    table = format_table(rep)
+    (out / "energy.txt").write_text(table)
+    print(table)
+    print(f"wrote {out / 'energy.txt'} and {plot(rep, out / 'energy.png')}")

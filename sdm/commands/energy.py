@@ -1,0 +1,51 @@
+"""``sdm energy``: the per-layer energy report from real firing rates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdm.errors import UserError
+
+from . import options
+
+
+def add_parser(sub):
+    p = sub.add_parser("energy", help="per-layer energy report from real firing rates",
+                       description="Count synaptic operations (AC) and multiply-accumulates (MAC) per layer from "
+                                   "spikes measured on real denoising trajectories (PyTorch) or a Lava run (--sim).",
+                       parents=[options.seed(), options.threads(),
+                                options.no_ema("use raw weights even if EMA weights exist (with --sim: for a run "
+                                               "of a file exported with --no-ema)")])
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("--denoise-steps", type=int, default=4, help="denoiser calls of the measured trajectory")
+    p.add_argument("-n", type=int, default=4, help="images in the measured trajectory")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--data", help="measure on training images noised to the same t instead of a trajectory")
+    p.add_argument("--sim", metavar="DIR", help="use the spike records of `sdm simulate --out DIR`")
+    p.add_argument("--preset", default="45nm-fp32", choices=["45nm-fp32", "45nm-fp16", "45nm-int8", "loihi"])
+    p.add_argument("--memory", action="store_true", help="add an estimate of weight memory reads")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--out", metavar="FILE", help="write the report here instead of standard output")
+    p.add_argument("--plot", metavar="PNG", help="per-layer energy bars with firing rates")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(a) -> None:
+    from sdm.energy.report import energy_report, format_csv, format_json, format_table, plot
+
+    options.apply_threads(a)
+    if a.n < 1:
+        raise UserError("-n must be >= 1")
+    rep = energy_report(a.model, denoise_steps=a.denoise_steps, n=a.n, seed=a.seed, sampler=a.sampler,
+                        preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory, use_ema=not a.no_ema)
+    text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
+    if a.out:
+        from sdm.files import atomic_write
+
+        atomic_write(a.out, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {a.out}")
+    else:
+        print(text, end="")
+    if a.plot:
+        print(f"wrote {plot(rep, a.plot)}")

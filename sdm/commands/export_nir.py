@@ -1,0 +1,39 @@
+"""``sdm export-nir`` (and the stand-alone ``export-nir`` script): a trained model as a NIR graph."""
+
+from __future__ import annotations
+
+from . import options
+
+
+def parents() -> list:
+    """The shared options of both spellings of the command."""
+    return [options.threads(), options.no_ema("export raw weights even if EMA weights exist")]
+
+
+def add_parser(sub):
+    p = sub.add_parser("export-nir", help="write a trained model as a NIR graph",
+                       description="Export MODEL.pt to NIR: the whole spiking UNet, exactly (docs/nir-format.md).",
+                       parents=parents())
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p) -> None:
+    """The command's own options, on ``sdm export-nir`` or on the stand-alone script's parser."""
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("-o", "--out", metavar="MODEL.nir", help="output file (default: MODEL.nir beside MODEL.pt)")
+    p.add_argument("--threshold-scale", type=float, default=1.0, help="bake threshold guidance into the neurons")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="weight precision in the file (float64 for bit-level verification)")
+    p.set_defaults(func=run)
+
+
+def run(a) -> None:
+    from sdm.export.api import export_checkpoint
+
+    options.apply_threads(a)
+    s = export_checkpoint(a.model, a.out, threshold_scale=a.threshold_scale, dtype=a.dtype,
+                          use_ema=not a.no_ema, progress=True)
+    print(f"wrote {s['path']}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "
+          f"{s['neurons']:,} neurons in {s['neuron_groups']} groups, T={s['T']}, {s['bytes'] / 1e6:.2f} MB, "
+          f"{s['dtype']}, extensions: {', '.join(s['extensions']) or 'none'} ({s['seconds']:.2f} s)")

@@ -1,0 +1,74 @@
+"""``sdm import-nir``: rebuild a PyTorch denoiser from a NIR file; compare it with its checkpoint or sample it."""
+
+from __future__ import annotations
+
+from . import options
+
+
+def add_parser(sub):
+    p = sub.add_parser("import-nir", help="rebuild a PyTorch denoiser from a NIR file and check or sample it",
+                       description="Load MODEL.nir as an executable PyTorch denoiser; optionally compare it "
+                                   "layer by layer with the checkpoint it came from, or sample a grid with it.",
+                       parents=[options.seed(), options.threads(),
+                                options.no_ema("compare with the checkpoint's raw weights "
+                                               "(for files exported with --no-ema)")])
+    p.add_argument("nir_file", metavar="MODEL.nir")
+    p.add_argument("--compare", metavar="MODEL.pt", help="check spikes and eps against this checkpoint")
+    p.add_argument("--sample", metavar="GRID.png", help="sample a grid with the imported denoiser")
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps for --sample")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(a) -> None:
+    from sdm.export.api import graph_summary, import_nir
+
+    options.apply_threads(a)
+    den = import_nir(a.nir_file, dtype=a.dtype)
+    s = graph_summary(den.graph)
+    print(f"{a.nir_file}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "
+          f"{s['neuron_groups']} neuron groups, T={s['T']}, extensions: {', '.join(s['extensions']) or 'none'}")
+    if a.compare:
+        _compare(a, den)
+    if a.sample:
+        _sample(a, den)
+
+
+def _compare(a, den) -> None:
+    """Spikes and eps of the imported denoiser against the checkpoint ``--compare``."""
+    import torch
+
+    from sdm.export.verify import compare
+    from sdm.train.neuron import set_threshold_scale
+    from sdm.train.sampling import model_from_checkpoint
+
+    model, _, _ = model_from_checkpoint(a.compare, use_ema=not a.no_ema)
+    model = model.to(den.dtype)
+    # The file has threshold guidance baked in; the checkpoint must run with the same scale.
+    set_threshold_scale(model, den.graph.host.threshold_scale)
+    c, h, w = den.graph.host.img_shape
+    g = torch.Generator().manual_seed(a.seed)
+    x = torch.randn(4, c, h, w, generator=g, dtype=den.dtype)
+    t = torch.tensor([0, 250, 600, 999])
+    r = compare(model, den, x, t)
+    steps = sum(v["neuron_steps"] for v in r["layers"].values())
+    print(f"compared with {a.compare} on 4 noisy images at t=0,250,600,999: {r['total_mismatches']} of "
+          f"{steps:,} neuron-steps differ in {len(r['layers'])} layers; max |eps| difference "
+          f"{r['eps_max_abs_err']:.2e}")
+
+
+def _sample(a, den) -> None:
+    """A DDIM grid from the imported denoiser, written to ``--sample``."""
+    import torch
+
+    from sdm.images import save_grid
+    from sdm.train.diffusion import GaussianDiffusion
+    from sdm.train.samplers import sample
+
+    diffusion = GaussianDiffusion(den.graph.host.schedule)  # the schedule the model was trained with
+    c, h, w = den.graph.host.img_shape
+    gen = torch.Generator().manual_seed(a.seed)
+    x = sample(den, diffusion, (a.n, c, h, w), sampler="ddim", steps=a.steps, generator=gen, progress=True)
+    print(f"wrote {save_grid(x, a.sample, scale=2)}")

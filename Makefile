@@ -17,12 +17,14 @@ $(STAMP): requirements.lock requirements-nodeps.lock requirements-test.lock pypr
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock -r requirements-test.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import torch, lava.magma, lava.lib.dl.netx, nir, nirtorch, norse, h5py; import sdm.train.unet"
+	$(VENV)/bin/ruff --version
 	@touch $(STAMP)
 
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/sdm demo --threads $(THREADS)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
 
 bench: setup

@@ -44,14 +44,15 @@ def main(argv=None) -> int:
     torch.save(weights, buf)
     gz = len(gzip.compress(buf.getvalue()))
     times, size = [], None
-    for i in range(a.repeat):
+    for _ in range(a.repeat):
         t0 = time.perf_counter()
         s = export_checkpoint(model_path, tmp / "model.nir")
         times.append(time.perf_counter() - t0)
         size = s["bytes"]
     med = statistics.median(times)
     print(f"model: {model_path} ({s['parameters']:,} graph parameters, {s['nodes']} nodes)")
-    print(f"{'export-nir time (median of %d)' % a.repeat:34s} {med:8.2f} s   target < 5 s: {'MET' if med < 5 else 'NOT MET'}")
+    label = f"export-nir time (median of {a.repeat})"
+    print(f"{label:34s} {med:8.2f} s   target < 5 s: {'MET' if med < 5 else 'NOT MET'}")
     print(f"{'NIR file':34s} {size / 1e6:8.3f} MB")
     print(f"{'gzip-compressed weights (torch)':34s} {gz / 1e6:8.3f} MB")
     print(f"{'ratio file / gzip weights':34s} {size / gz:8.2f}")

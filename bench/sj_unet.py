@@ -34,10 +34,10 @@ from __future__ import annotations
 import math
 
 import torch
+from spikingjelly.activation_based import functional, neuron, surrogate
 from torch import nn
 from torch.nn import functional as F
 from torch.nn import init
-from spikingjelly.activation_based import functional, neuron, surrogate
 
 
 def _if_node() -> nn.Module:

@@ -94,9 +94,10 @@ def _layer_signature(model: nn.Module, neuron_types: tuple) -> dict:
 
 
 def build_models(args, sj_unet):
+    from spikingjelly.activation_based import neuron as sj_neuron
+
     from sdm.train.neuron import IFNeuron
     from sdm.train.unet import SpikingUNet, UNetConfig, count_parameters
-    from spikingjelly.activation_based import neuron as sj_neuron
 
     cfg = UNetConfig(img_ch=args.img_ch, img_size=args.img_size, ch=args.ch, ch_mult=args.ch_mult,
                      num_res_blocks=args.num_res_blocks, T=args.T)

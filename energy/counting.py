@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+from torch.nn import functional as F
+
+from sdm.errors import ConfigError
 from sdm.export.ir import (
     AnalogInput,
     Conv,
@@ -36,9 +39,6 @@ from sdm.export.ir import (
     TemporalAffine,
     Upsample,
 )
-from torch.nn import functional as F
-
-from sdm.errors import ConfigError
 
 from .presets import Preset
 

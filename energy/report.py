@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from sdm.export.ir import SNNGraph
 from sdm.export.lower import lower_unet
-from sdm.train.sampling import model_from_checkpoint
-
 from sdm.files import atomic_write
+from sdm.train.sampling import model_from_checkpoint
 
 from .counting import ann_macs, count_layers, dense_conv_macs, paper_formula_pj, price
 from .presets import MEMORY_SOURCE, PRESETS, Preset, get_preset
@@ -124,7 +124,8 @@ def format_table(rep: dict) -> str:
               f"per sample ({len(rep['timesteps'])} steps): {rep['total_pj_per_sample'] / 1e6:.4f} uJ\n")
     out.write(f"paper formula (E_MAC*FLOPs_first + E_AC*sum SOP): {rep['paper_formula_pj_per_call'] / 1e6:.4f} uJ "
               f"per call; all rows with paper SOP: {rep['paper_sop_convention_total_pj'] / 1e6:.4f} uJ\n")
-    out.write(f"ANN of the same UNet: {rep['ann_pj_per_call'] / 1e6:.4f} uJ per call; SNN/ANN {rep['snn_over_ann']:.3f} "
+    out.write(f"ANN of the same UNet: {rep['ann_pj_per_call'] / 1e6:.4f} uJ per call; "
+              f"SNN/ANN {rep['snn_over_ann']:.3f} "
               f"(paper formula / ANN {rep['paper_formula_over_ann']:.3f}); dense conv MACs per step "
               f"{rep['dense_conv_macs_per_step'] / 1e9:.4f} G\n")
     out.write("per t: " + ", ".join(f"t={p['t']}: {p['energy_pj'] / 1e6:.4f} uJ (rate {p['mean_input_rate']:.3f})"

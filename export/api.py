@@ -42,8 +42,9 @@ def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike
         write_nir(graph, out_path)
         bar.update()
     nodes, edges = file_counts(graph)  # what the file holds, as import-nir will report it
-    return {**graph_summary(graph), "nodes": nodes, "edges": edges, "path": str(out_path), "bytes": out_path.stat().st_size,
-            "seconds": time.perf_counter() - t0, "dtype": dtype, "threshold_scale": threshold_scale}
+    return {**graph_summary(graph), "nodes": nodes, "edges": edges, "path": str(out_path),
+            "bytes": out_path.stat().st_size, "seconds": time.perf_counter() - t0, "dtype": dtype,
+            "threshold_scale": threshold_scale}
 
 
 def graph_summary(graph: SNNGraph) -> dict:

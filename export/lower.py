@@ -16,15 +16,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdm.train.layers import TSMConv2d
-from sdm.train.unet import DownSample, ResBlock, SpikingUNet, UpSample
-
 from sdm.errors import ConfigError
 from sdm.train.diffusion import ScheduleConfig
+from sdm.train.layers import TSMConv2d
 from sdm.train.neuron import IFNeuron
+from sdm.train.unet import DownSample, ResBlock, SpikingUNet, UpSample
 
-from .ir import (AnalogInput, BlockProjection, Conv, HostParams, IFNeurons, Junction, Origin, Output, SNNGraph, Tail,
-                 TemporalAffine, TimeMLP, Upsample)
+from .ir import (
+    AnalogInput,
+    BlockProjection,
+    Conv,
+    HostParams,
+    IFNeurons,
+    Junction,
+    Origin,
+    Output,
+    SNNGraph,
+    Tail,
+    TemporalAffine,
+    TimeMLP,
+    Upsample,
+)
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,7 +134,8 @@ class _Builder:
         h = self.conv_stage(f"{p}.conv1", block.conv1, block.bn1, spikes)
         out_ch = block.conv1.out_channels
         _, hh, ww = self.nodes[h[0]].shape
-        temb = self.add(AnalogInput(f"{p}.temb", (out_ch, hh, ww), kind="temb", block=p, origin=Origin(f"{p}.temb_proj")))
+        temb = self.add(AnalogInput(f"{p}.temb", (out_ch, hh, ww), kind="temb", block=p,
+                                    origin=Origin(f"{p}.temb_proj")))
         n2 = self.neurons(f"{p}.neuron2", h[0])
         self.edges.extend((s, n2) for s in h[1:] + [temb])
         h2 = self.conv_stage(f"{p}.conv2", block.conv2, block.bn2, [("", n2)])

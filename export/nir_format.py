@@ -29,15 +29,27 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sdm.files import atomic_write
-
 from sdm.errors import SDMError
-
+from sdm.files import atomic_write
 from sdm.train.diffusion import ScheduleConfig
 from sdm.train.neuron import NeuronParams
 
-from .ir import (AnalogInput, BlockProjection, Conv, HostParams, IFNeurons, Junction, Node, Origin, Output, SNNGraph,
-                 Tail, TemporalAffine, TimeMLP, Upsample)
+from .ir import (
+    AnalogInput,
+    BlockProjection,
+    Conv,
+    HostParams,
+    IFNeurons,
+    Junction,
+    Node,
+    Origin,
+    Output,
+    SNNGraph,
+    Tail,
+    TemporalAffine,
+    TimeMLP,
+    Upsample,
+)
 
 FORMAT = "sdm-snn"  # metadata tag of files written here
 FORMAT_VERSION = 1

@@ -17,11 +17,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import init
-
-import numpy as np
 
 from sdm.export.ir import AnalogInput, Junction, Output, SNNGraph
 from sdm.export.lower import _Builder

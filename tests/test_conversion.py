@@ -24,13 +24,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cfg
 from torch import nn
 
-from conftest import tiny_cfg
 from sdm.cli import main
+from sdm.testing.oracles import if_step, multistep_if_reference
 from sdm.train.checkpoint import load_checkpoint, save_checkpoint
 from sdm.train.conversion import QuantReLU, convert_qann, neuron_slots, quant_level
-from sdm.testing.oracles import if_step, multistep_if_reference
 from sdm.train.neuron import IFNeuron, multistep_if
 from sdm.train.sampling import generate, model_from_checkpoint
 from sdm.train.unet import SpikingUNet, UNetConfig
@@ -196,7 +196,7 @@ def test_small_net_per_layer():
             ann.append(a)
         # converted SNN: constant input current, spikes carry theta via the next conv's weights
         cur = convs[0](x).expand(T, -1, -1, -1, -1)
-        exact_first, in_range = None, []
+        in_range = []
         for i, al in enumerate(alphas):
             s = multistep_if(cur, al, reset="subtract", v_init=0.5)
             count, v = if_run(cur, al)

@@ -13,7 +13,6 @@ from PIL import Image
 
 from sdm.train.data import DataError, ImageDataset, infinite_loader, load_dataset
 
-
 # --------------------------------------------------------------------------- writers
 
 

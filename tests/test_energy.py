@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from sdm.energy.counting import (
     ROW_FUNCTIONS,
     ann_macs,
@@ -17,6 +18,7 @@ from sdm.energy.counting import (
 )
 from sdm.energy.presets import PRESETS, get_preset
 from sdm.energy.rates import model_spike_counts, read_sim_counts
+from sdm.errors import ConfigError
 from sdm.export.ir import (
     NODE_TYPES,
     AnalogInput,
@@ -31,8 +33,6 @@ from sdm.export.ir import (
 from sdm.export.lower import lower_unet
 from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
 from sdm.train.unet import SpikingUNet, UNetConfig
-
-from sdm.errors import ConfigError
 
 
 def conv_node(stride=1, zero_tap=None):
@@ -84,7 +84,8 @@ def test_exact_vs_paper_convention_on_one_layer():
 
 def test_reference_network_dense_macs():
     """SDDPM's CIFAR-10 UNet: 6.48 GMAC per pass (notes/reference-sdm.md)."""
-    g = lower_unet(SpikingUNet(UNetConfig(img_ch=3, img_size=32, ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2)).eval())
+    cfg = UNetConfig(img_ch=3, img_size=32, ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2)
+    g = lower_unet(SpikingUNet(cfg).eval())
     assert dense_conv_macs(g) == pytest.approx(6.48e9, rel=1e-3)
 
 
@@ -190,7 +191,9 @@ def test_energy_cli_formats_and_plot(tmp_path, capsys, trained_ckpt):
 
 def _every_kind_graph():
     """x -> c0 (analog, once) -> tsm gain -> j0 -> n -> upsample -> c1 (AC) -> j1 -> out;  j0 -> c2 (analog, T)."""
-    ones = lambda *s: np.ones(s, dtype=np.float32)
+    def ones(*s):
+        return np.ones(s, dtype=np.float32)
+
     zero = np.zeros(1, dtype=np.float32)
     nodes = [AnalogInput("x", (1, 2, 2)), Conv("c0", ones(1, 1, 3, 3), zero, 1, 1, (1, 2, 2)),
              TemporalAffine("g", ones(2), zero, (1, 2, 2)), Junction("j0", (1, 2, 2)), IFNeurons("n", ones(1, 2, 2)),
@@ -279,9 +282,8 @@ def test_energy_bad_input(tmp_path, capsys, trained_ckpt):
 def test_lava_spike_records_equal_pytorch_hook_counts(tmp_path, trained_ckpt, capsys):
     """The same run counted from Lava's spike records and from PyTorch hooks gives identical counts,
     and a record from another model is refused."""
-    from sdm.train.sampling import model_from_checkpoint
-
     from sdm.cli import main
+    from sdm.train.sampling import model_from_checkpoint
 
     assert main(["export-nir", str(trained_ckpt), "-o", str(tmp_path / "m.nir"), "--dtype", "float64"]) == 0
     assert main(["simulate", str(tmp_path / "m.nir"), "--denoise-steps", "2", "-n", "2", "--out",

@@ -16,13 +16,13 @@ from sdm.export.api import export_checkpoint, import_nir
 from sdm.export.execute import GraphDenoiser, GraphModule
 from sdm.export.ir import IFNeurons, TemporalAffine, Upsample
 from sdm.export.lower import fold_batchnorm, lower_unet
-from sdm.export.nir_format import NIRFormatError, read_nir, write_nir
+from sdm.export.nir_format import read_nir, write_nir
 from sdm.export.verify import compare
-from sdm.train.checkpoint import CheckpointError, save_checkpoint
 from sdm.testing.oracles import if_step
-from sdm.train.neuron import set_threshold_scale
 from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
 from sdm.testing.weights import randomise
+from sdm.train.checkpoint import save_checkpoint
+from sdm.train.neuron import set_threshold_scale
 from sdm.train.unet import SpikingUNet, UNetConfig
 
 REFERENCE_SMALL = dict(img_ch=3, img_size=32, ch=8, ch_mult=(1, 2, 2, 4), num_res_blocks=2, T=4)

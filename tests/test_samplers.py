@@ -70,7 +70,7 @@ def test_many_steps_agree_and_few_steps_are_more_accurate(x_T):
     err = {name: float((run(solver, 10, x_T, order=order) - exact).abs().mean())
            for name, solver, order in [("ddim", "ddim", 1), ("dpm2", "dpm-solver", 2), ("dpm3", "dpm-solver", 3),
                                        ("dpm++2", "dpm-solver++", 2)]}
-    assert err["dpm2"] < 0.5 * err["ddim"] and err["dpm3"] < 0.5 * err["ddim"] and err["dpm++2"] < 0.5 * err["ddim"], err
+    assert max(err["dpm2"], err["dpm3"], err["dpm++2"]) < 0.5 * err["ddim"], err
     # and the sample distribution: std closer to S than DDIM's
     std = {k: float(run(*v, x_T, order=o).std()) for k, v, o in [("ddim", ("ddim", 10), 1),
                                                                  ("dpm3", ("dpm-solver", 10), 3)]}

@@ -10,11 +10,10 @@ import textwrap
 
 import pytest
 import torch
+from helpers import assert_same
 
 from sdm.train.checkpoint import CheckpointError, load_checkpoint
 from sdm.train.trainer import TrainConfig, train
-
-from helpers import assert_same
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

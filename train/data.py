@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from PIL import Image
+
 from sdm.errors import SDMError
 
 __all__ = ["DataError", "ImageDataset", "load_dataset", "infinite_loader", "SPEC_PREFIXES"]

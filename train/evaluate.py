@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdm.errors import SDMError
+
 from .checkpoint import load_checkpoint, uses_ema
 from .data import load_dataset
 from .diffusion import GaussianDiffusion
 from .fid import cached_statistics, feature_statistics, file_sha256, frechet_distance
 from .sampling import generate, model_from_checkpoint
 from .unet import SpikingUNet, UNetConfig
-from sdm.errors import SDMError
 
 if TYPE_CHECKING:
     from .classifier import SmallCNN

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
 from sdm.errors import SDMError
 
 FEATURES = ("2048", "logits_unbiased")

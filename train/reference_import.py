@@ -29,8 +29,10 @@ from .unet import ResBlock, SpikingUNet, UNetConfig, count_parameters
 SOURCES = ("sddpm", "sdm")
 _PREFIXES = (  # reference -> project, first match wins
     ("time_embedding.timembedding.0.weight", "time_embedding.table"),
-    ("time_embedding.timembedding.1.", "time_embedding.fc1."), ("time_embedding.timembedding.3.", "time_embedding.fc2."),
-    ("conv_identity.", "stem.conv."), ("bn_identity.", "stem.bn."), ("conv.", "stem.conv_in."), ("bn.", "stem.bn_in."),
+    ("time_embedding.timembedding.1.", "time_embedding.fc1."),
+    ("time_embedding.timembedding.3.", "time_embedding.fc2."),
+    ("conv_identity.", "stem.conv."), ("bn_identity.", "stem.bn."),
+    ("conv.", "stem.conv_in."), ("bn.", "stem.bn_in."),
     ("downblocks.", "down."), ("middleblocks.", "middle."), ("upblocks.", "up."),
     ("tail_bn.", "tail.bn."), ("tail_conv.", "tail.conv."), ("T_output_layer.", "tail.out_conv."),
     ("last_bn.", "tail.out_bn."),
@@ -38,7 +40,8 @@ _PREFIXES = (  # reference -> project, first match wins
 
 
 def project_key(key: str) -> str:
-    """A reference state-dict key as the project's (``X.tsmconv.weight`` -> ``X.weight``, ``X.tsmp`` -> ``X.tsm_gain``)."""
+    """A reference state-dict key as the project's (``X.tsmconv.weight`` -> ``X.weight``,
+    ``X.tsmp`` -> ``X.tsm_gain``)."""
     key = key.replace(".tsmconv.", ".")
     if key.endswith(".tsmp"):
         key = key[: -len(".tsmp")] + ".tsm_gain"

@@ -46,7 +46,7 @@ class Sampler(ABC):
         self.diffusion = diffusion
         self.clip = clip
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 (a hook: most samplers keep no state)
         """Start a new trajectory (multistep solvers forget their history)."""
 
     @property

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
+from sdm.images import save_grid
+
 from .checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
 from .diffusion import GaussianDiffusion, ScheduleConfig
-from .samplers import sample
-from sdm.images import save_grid
 from .neuron import set_threshold_scale
+from .samplers import sample
 from .unet import SpikingUNet, UNetConfig
 
 

@@ -35,17 +35,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn import init
 
-from .layers import MembraneReadout, SeqBatchNorm2d, Swish, TSMConv2d
 from sdm.errors import ConfigError
 
 from .config import strict_from_dict
+from .layers import MembraneReadout, SeqBatchNorm2d, Swish, TSMConv2d
 from .neuron import IFNeuron, NeuronParams
 
 NEURONS = ("if", "swish", "relu", "qrelu")  # "if": the SNN; the others: ANN baselines
@@ -88,7 +88,7 @@ class UNetConfig:
         if self.neuron == "qrelu" and not 1 <= self.bits <= 16:
             problems.append(f"bits={self.bits} must be in 1..16 for neuron='qrelu'")
         try:
-            self.neuron_params  # the one validation of neuron parameters
+            _ = self.neuron_params  # builds the record: the one validation of neuron parameters
         except ConfigError as e:
             problems.append(str(e))
         if self.signed and self.neuron != "if":
@@ -109,7 +109,8 @@ class UNetConfig:
             problems.append(f"T={self.T} must be >= 1")
         levels = len(self.ch_mult) - 1
         if self.img_size < 1 or self.img_size % (2 ** levels):
-            problems.append(f"img_size={self.img_size} must be divisible by 2^{levels} for ch_mult={list(self.ch_mult)}")
+            problems.append(f"img_size={self.img_size} must be divisible by 2^{levels} "
+                            f"for ch_mult={list(self.ch_mult)}")
         if problems:
             raise ConfigError("invalid UNet config: " + "; ".join(problems))
 

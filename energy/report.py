@@ -13,6 +13,7 @@ import numpy as np
 from sdm.export.ir import SNNGraph
 from sdm.export.lower import lower_unet
 from sdm.files import atomic_write
+from sdm.train.moments import checkpoint_moments
 from sdm.train.sampling import model_from_checkpoint
 
 from .counting import ann_macs, count_layers, dense_conv_macs, paper_formula_pj, price
@@ -26,12 +27,13 @@ ANN_PRESET = "45nm-fp32"  # the ANN comparison is priced at 45 nm FP32 whatever 
 
 def energy_report(model_path: str | os.PathLike, denoise_steps: int = 4, n: int = 4, seed: int = 0,
                   sampler: str = "ddim", preset: str = "45nm-fp32", sim_dir: str | None = None, data: str | None = None,
-                  memory: bool = False, use_ema: bool = True) -> dict:
+                  memory: bool = False, use_ema: bool = True, order: int = 2) -> dict:
     """Everything the report shows, as a dict (rows, totals, per-t totals, assumptions)."""
     cost = get_preset(preset)
-    model, diffusion, _ = model_from_checkpoint(model_path, use_ema=use_ema)
+    model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=use_ema)
+    chain = {"sampler": sampler, "order": order, "moments": checkpoint_moments(ckpt)}
     graph = lower_unet(model)
-    counts = spike_counts(model, diffusion, graph, n, denoise_steps, seed, sampler, sim_dir=sim_dir, data=data)
+    counts = spike_counts(model, diffusion, graph, n, denoise_steps, seed, chain, sim_dir=sim_dir, data=data)
     steps = denoise_steps if sim_dir is None else len(counts.timesteps)
     return {
         "model": str(model_path), "preset": cost.describe(), "spike_source": counts.source,
@@ -42,11 +44,12 @@ def energy_report(model_path: str | os.PathLike, denoise_steps: int = 4, n: int 
     }
 
 
-def spike_counts(model, diffusion, graph: SNNGraph, n: int, steps: int, seed: int, sampler: str,
+def spike_counts(model, diffusion, graph: SNNGraph, n: int, steps: int, seed: int, chain: dict,
                  sim_dir: str | os.PathLike | None = None, data: str | None = None) -> SpikeCounts:
     """The spikes of the chosen source: ``sdm simulate``'s record in ``sim_dir`` (checked against
-    ``graph``), else PyTorch hooks on ``n`` images along a ``sampler`` trajectory of ``steps``
-    denoiser calls, or on training images (``data``) noised to the same timesteps."""
+    ``graph``), else PyTorch hooks on ``n`` images along the trajectory of ``steps`` denoiser calls
+    of the sampler ``chain`` (``trajectory_inputs``' keywords: sampler, order, moments), or on
+    training images (``data``) noised to the same timesteps."""
     if sim_dir is not None:
         counts, _ = read_sim_counts(sim_dir, graph)
         return counts
@@ -55,9 +58,10 @@ def spike_counts(model, diffusion, graph: SNNGraph, n: int, steps: int, seed: in
         from sdm.train.data import load_dataset
 
         dataset = load_dataset(data, image_size=model.cfg.img_size)
-    inputs = trajectory_inputs(model, diffusion, n, steps, seed, sampler, dataset)
+    inputs = trajectory_inputs(model, diffusion, n, steps, seed, data=dataset, **chain)
+    what = "noised " + data if data else chain["sampler"] + " trajectory"
     return SpikeCounts([int(t[0]) for _, t in inputs], model_spike_counts(model, graph, inputs),
-                       f"PyTorch hooks, {n} image(s), {'noised ' + data if data else sampler + ' trajectory'}")
+                       f"PyTorch hooks, {n} image(s), {what}")
 
 
 def rows_and_totals(graph: SNNGraph, counts: SpikeCounts, cost: Preset, memory: bool, steps: int) -> dict:

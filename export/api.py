@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdm.train.moments import checkpoint_moments
 from sdm.train.sampling import model_from_checkpoint
 
 from .execute import GraphDenoiser
@@ -36,7 +37,7 @@ def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike
         bar.update()
         bar.set_postfix_str("lowering")
         graph = lower_unet(model, dtype=DTYPES[dtype][0], threshold_scale=threshold_scale,
-                           schedule=ckpt.get("diffusion"))
+                           schedule=ckpt.get("diffusion"), moments=checkpoint_moments(ckpt))
         bar.update()
         bar.set_postfix_str("writing")
         write_nir(graph, out_path)

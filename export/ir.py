@@ -20,6 +20,7 @@ import numpy as np
 
 from sdm.errors import GraphError
 from sdm.train.diffusion import ScheduleConfig
+from sdm.train.moments import Moments
 from sdm.train.neuron import NeuronParams
 
 Shape = tuple[int, int, int]
@@ -316,7 +317,8 @@ class HostParams:
     a :class:`BlockProjection`), the graph's per-step output goes through the :class:`Tail`,
     then ``eps = sum_t readout_decay^(T-1-t) h[t]``.  ``readout = "mean"`` (converted models):
     the tail runs once on ``mean_t x[t]`` and ``eps`` is its output.  ``schedule`` is the
-    diffusion schedule the model was trained with.
+    diffusion schedule the model was trained with; ``moments`` the model's noise moments for
+    Analytic-DPM (:mod:`sdm.train.moments`), when ``sdm moments`` has estimated them.
     """
 
     T: int
@@ -329,6 +331,7 @@ class HostParams:
     theta: float = 1.0
     threshold_scale: float = 1.0
     readout: str = "membrane"  # membrane | mean
+    moments: Moments | None = None
 
     def __post_init__(self):
         self.img_shape = _shape(self.img_shape)

@@ -19,6 +19,7 @@ from torch import nn
 from sdm.errors import ConfigError
 from sdm.train.diffusion import ScheduleConfig
 from sdm.train.layers import TSMConv2d
+from sdm.train.moments import Moments
 from sdm.train.neuron import IFNeuron
 from sdm.train.unet import DownSample, ResBlock, SpikingUNet, UpSample
 
@@ -158,12 +159,12 @@ class _Builder:
 
 
 def lower_unet(model: SpikingUNet, dtype=np.float32, threshold_scale: float = 1.0,
-               schedule: ScheduleConfig | dict | None = None) -> SNNGraph:
+               schedule: ScheduleConfig | dict | None = None, moments: Moments | None = None) -> SNNGraph:
     """The exact spiking graph of an eval-mode ``model`` (its BatchNorm running statistics are used).
 
     ``threshold_scale`` bakes threshold guidance into the neurons; ``schedule`` is the diffusion
     schedule to carry along (a checkpoint's ``diffusion`` section; default: the linear
-    1e-4..0.02 schedule over the model's ``diffusion_steps``)."""
+    1e-4..0.02 schedule over the model's ``diffusion_steps``); ``moments`` (Analytic-DPM) travel too."""
     if not isinstance(model, SpikingUNet):
         raise TypeError(f"can only lower a SpikingUNet, got {type(model).__name__}")
     if not threshold_scale > 0:
@@ -180,6 +181,7 @@ def lower_unet(model: SpikingUNet, dtype=np.float32, threshold_scale: float = 1.
         elif isinstance(schedule, dict):
             schedule = ScheduleConfig(**schedule)
         host = _host_params(model, b.array, threshold_scale, schedule)
+        host.moments = moments
     return SNNGraph(b.nodes, b.edges, host)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from sdm.errors import SDMError
 from sdm.files import atomic_write
 from sdm.train.diffusion import ScheduleConfig
+from sdm.train.moments import Moments
 from sdm.train.neuron import NeuronParams
 
 from .ir import (
@@ -117,6 +118,8 @@ def _host_metadata(host: HostParams) -> dict:
         "time_mlp": host.time_mlp.arrays(),
         "temb_proj": {blk: proj.arrays() for blk, proj in host.temb_proj.items()},
         "tail": host.tail.arrays(),
+        **({"moments": {"timesteps": host.moments.timesteps, "gamma": host.moments.gamma, "n": int(host.moments.n),
+                        "data": host.moments.data}} if host.moments is not None else {}),
     }
 
 
@@ -470,7 +473,13 @@ def _host_from_metadata(meta: dict, path: Path) -> HostParams:
                       schedule=ScheduleConfig(int(sched["steps"]), float(sched["beta_start"]),
                                               float(sched["beta_end"])),
                       theta=float(h["theta"]), readout=_text(h.get("readout", "membrane")),
-                      threshold_scale=float(h["threshold_scale"]))
+                      threshold_scale=float(h["threshold_scale"]), moments=_moments(h.get("moments")))
+
+
+def _moments(m: dict | None) -> Moments | None:
+    if m is None:
+        return None
+    return Moments(_arr(m["timesteps"]), _arr(m["gamma"]), int(_arr(m["n"])), _text(m["data"]))
 
 
 def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:

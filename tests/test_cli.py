@@ -243,6 +243,8 @@ SHARED_BY_COMMAND = {
     "import-nir": {"--seed", "--threads", "--no-ema"},
     "simulate": {"--seed", "--threads"},
     "convert": {"--seed", "--threads", "--no-ema", "--batch-size"},
+    "import-checkpoint": {"--threads"},
+    "moments": set(SHARED),
     "train-classifier": {"--seed", "--threads", "--device", "--batch-size"},
     "eval": set(SHARED),
     "energy": {"--seed", "--threads", "--no-ema"},
@@ -399,3 +401,58 @@ def test_import_nir_samples_and_compares(capsys, trained_ckpt, tmp_path):
     # the raw weights are another model than the EMA export
     assert main(["import-nir", str(nir_file), "--dtype", "float64", "--compare", str(trained_ckpt), "--no-ema"]) == 0
     assert " 0 of " not in capsys.readouterr().out
+
+
+# ----- the SDM paper's samplers and reference checkpoints ------------------------------------
+def test_sampler_names_agree_with_the_samplers_module():
+    from sdm.commands.options import SAMPLERS
+    from sdm.train.samplers import SAMPLERS as IMPLEMENTED
+
+    assert SAMPLERS == IMPLEMENTED
+
+
+def test_moments_then_analytic_and_dpm_solver_samples(tmp_path, capsys):
+    """`sdm moments` stores Gamma in the checkpoint; the analytic samplers refuse a model without it,
+    then sample with it; DPM-Solver samples; the moments travel into the NIR host section."""
+    import torch
+
+    from sdm.export.nir_format import read_nir
+    from sdm.train.checkpoint import load_checkpoint, save_checkpoint
+    from sdm.train.unet import SpikingUNet, UNetConfig
+
+    cfg = UNetConfig(img_ch=1, img_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, T=2)
+    torch.manual_seed(0)
+    model = SpikingUNet(cfg).eval()
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, {"model_config": cfg.to_dict(), "model": model.state_dict(),
+                           "data": {"spec": "mnist-bundled"}})
+    assert main(["sample", str(ckpt), "--sampler", "analytic-ddim", "--steps", "3", "-n", "2",
+                 "--out", str(tmp_path / "a.png")]) == 2
+    assert "sdm moments" in capsys.readouterr().err
+    assert main(["moments", str(ckpt), "-n", "4", "--points", "5", "--batch-size", "4"]) == 0
+    m = load_checkpoint(ckpt)["moments"]
+    assert m["timesteps"].tolist() == [0, 250, 500, 749, 999] and m["n"] == 4 and (m["gamma"] > 0).all()
+    for sampler in ("analytic-ddpm", "analytic-ddim", "dpm-solver", "dpm-solver++"):
+        out = tmp_path / f"{sampler}.png"
+        assert main(["sample", str(ckpt), "--sampler", sampler, "--steps", "3", "-n", "2", "--order", "3",
+                     "--out", str(out)]) == 0 and out.stat().st_size > 0
+    assert main(["export-nir", str(ckpt), "-o", str(tmp_path / "m.nir")]) == 0
+    host = read_nir(tmp_path / "m.nir").host
+    assert host.moments is not None and host.moments.gamma.tolist() == m["gamma"].tolist()
+    assert main(["energy", str(ckpt), "--sampler", "analytic-ddim", "--denoise-steps", "2", "-n", "1",
+                 "--format", "json"]) == 0
+
+
+def test_import_checkpoint_command(tmp_path, capsys):
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference"
+    if not fixtures.is_dir():
+        pytest.skip(f"reference fixtures not found at {fixtures}")
+    out = tmp_path / "sdm.pt"
+    assert main(["import-checkpoint", str(fixtures / "sdm_tsm_ch16_T8.ckpt.pt"), "--from", "sdm", "--ema",
+                 "--out", str(out)]) == 0
+    assert "T=8 with TSM gains" in capsys.readouterr().out
+    assert main(["import-checkpoint", str(fixtures / "sdm_tsm_ch16_T8.ckpt.pt"), "--from", "sddpm",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "use --from sdm" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

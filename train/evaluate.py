@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint, uses_ema
 from .data import load_dataset
 from .diffusion import GaussianDiffusion
 from .fid import cached_statistics, feature_statistics, file_sha256, frechet_distance
+from .moments import checkpoint_moments
 from .sampling import generate, model_from_checkpoint
 from .unet import SpikingUNet, UNetConfig
 
@@ -74,13 +75,13 @@ def _checked_classifier(model_path: str | os.PathLike, classifier: str | os.Path
     return cls_path, clf, clf_ckpt, spec
 
 
-def _samples(model: SpikingUNet, diffusion: GaussianDiffusion, n: int, sampler: str, steps: int, eta: float,
-             seed: int, threshold_scale: float, batch_size: int, device: str,
-             progress: bool) -> tuple[torch.Tensor, float]:
-    """``(n samples on the CPU, seconds)``; samples that are not finite are an error."""
+def _samples(model: SpikingUNet, diffusion: GaussianDiffusion, n: int, chain: dict[str, Any], seed: int,
+             threshold_scale: float, batch_size: int, device: str, progress: bool) -> tuple[torch.Tensor, float]:
+    """``(n samples on the CPU, seconds)`` with the sampler ``chain`` (generate's keywords); samples that
+    are not finite are an error."""
     t0 = time.perf_counter()
-    x = generate(model, diffusion, n, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                 threshold_scale=threshold_scale, batch_size=batch_size, device=device, progress=progress).cpu()
+    x = generate(model, diffusion, n, seed=seed, threshold_scale=threshold_scale, batch_size=batch_size,
+                 device=device, progress=progress, **chain).cpu()
     seconds = time.perf_counter() - t0
     if not torch.isfinite(x).all():
         raise FloatingPointError("the samples contain NaN or infinity")
@@ -142,8 +143,9 @@ def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim"
              threshold_scale: float = 1.0, use_ema: bool = True, seed: int = 0, batch_size: int = 64,
              classifier: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
              data: str | None = None, ref_n: int | None = None, device: str = "cpu",
-             progress: bool = True) -> dict[str, Any]:
-    """Generate ``n`` samples and compute the metrics; see the module docstring."""
+             progress: bool = True, order: int = 2) -> dict[str, Any]:
+    """Generate ``n`` samples and compute the metrics; see the module docstring.  ``order`` is
+    DPM-Solver's; the analytic samplers use the moments the checkpoint carries (``sdm moments``)."""
     if n < 2:
         raise EvalError("--n must be >= 2 (a covariance needs at least two samples)")
     if batch_size < 1:
@@ -159,12 +161,13 @@ def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim"
 
         inception = load_inception(inception_weights, device=device)
 
-    x, sample_seconds = _samples(model, diffusion, n, sampler, steps, eta, seed, threshold_scale, batch_size,
-                                 device, progress)
+    chain = {"sampler": sampler, "steps": steps, "eta": eta, "order": order, "moments": checkpoint_moments(ckpt)}
+    x, sample_seconds = _samples(model, diffusion, n, chain, seed, threshold_scale, batch_size, device, progress)
     classifier_info, metrics = _offline_metrics(clf, clf_ckpt, cls_path, x, device)
     result: dict[str, Any] = {
         "settings": {
             "model": str(model_path), "sampler": sampler, "steps": diffusion.steps if sampler == "ddpm" else steps,
+            **({"order": order} if sampler.startswith("dpm-solver") else {}),
             "eta": eta, "n": n, "seed": seed, "threshold_scale": threshold_scale,
             "weights": "ema" if uses_ema(ckpt, use_ema) else "raw",
             "batch_size": batch_size, "data": spec, "model_kind": cfg.neuron, "T": cfg.T,

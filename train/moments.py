@@ -58,6 +58,12 @@ class Moments:
             raise ConfigError(f"moments: incomplete record ({type(e).__name__}: {e})") from None
 
 
+def checkpoint_moments(ckpt: dict) -> Moments | None:
+    """The moments a checkpoint carries (``sdm moments`` stores them), or None."""
+    raw = ckpt.get("moments")
+    return None if raw is None else Moments.from_dict(raw)
+
+
 def moment_grid(diffusion: GaussianDiffusion, points: int) -> list[int]:
     """``points`` timesteps spread uniformly over the schedule, both ends included, ascending."""
     if not 2 <= points <= diffusion.steps:

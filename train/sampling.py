@@ -11,6 +11,7 @@ from sdm.images import save_grid
 
 from .checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
 from .diffusion import GaussianDiffusion, ScheduleConfig
+from .moments import Moments
 from .neuron import set_threshold_scale
 from .samplers import sample
 from .unet import SpikingUNet, UNetConfig
@@ -33,8 +34,10 @@ def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, device:
 
 def generate(model: SpikingUNet, diffusion: GaussianDiffusion, n: int, sampler: str = "ddim", steps: int = 50,
              eta: float = 0.0, seed: int = 0, threshold_scale: float = 1.0, batch_size: int = 64,
-             device: str = "cpu", progress: bool = True) -> torch.Tensor:
-    """``n`` samples in [-1, 1]; the same seed gives the same starting noise whatever the threshold."""
+             device: str = "cpu", progress: bool = True, order: int = 2,
+             moments: Moments | None = None) -> torch.Tensor:
+    """``n`` samples in [-1, 1] with the sampler called ``sampler`` (:func:`~sdm.train.samplers.make_sampler`;
+    ``moments`` for the analytic ones); the same seed gives the same starting noise whatever the threshold."""
     set_threshold_scale(model, threshold_scale)
     cfg = model.cfg
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -42,8 +45,8 @@ def generate(model: SpikingUNet, diffusion: GaussianDiffusion, n: int, sampler: 
     out = []
     for i in range(0, n, batch_size):
         xb = x_T[i:i + batch_size]
-        out.append(sample(model, diffusion, xb.shape, sampler=sampler, steps=steps, eta=eta,
-                          generator=gen, device=device, progress=progress, x_T=xb))
+        out.append(sample(model, diffusion, xb.shape, sampler=sampler, steps=steps, eta=eta, order=order,
+                          moments=moments, generator=gen, device=device, progress=progress, x_T=xb))
     set_threshold_scale(model, 1.0)
     return torch.cat(out)
 

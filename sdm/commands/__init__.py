@@ -16,8 +16,8 @@ import importlib
 from types import ModuleType
 
 # in the order of `sdm --help`
-COMMANDS = ("train", "sample", "export_nir", "import_nir", "simulate", "convert", "train_classifier", "eval",
-            "energy", "demo")
+COMMANDS = ("train", "sample", "export_nir", "import_nir", "simulate", "convert", "import_checkpoint", "moments",
+            "train_classifier", "eval", "energy", "demo")
 
 
 def command_modules() -> list[ModuleType]:

@@ -13,13 +13,12 @@ def add_parser(sub):
     p = sub.add_parser("energy", help="per-layer energy report from real firing rates",
                        description="Count synaptic operations (AC) and multiply-accumulates (MAC) per layer from "
                                    "spikes measured on real denoising trajectories (PyTorch) or a Lava run (--sim).",
-                       parents=[options.seed(), options.threads(),
+                       parents=[options.sampler(None, eta=False), options.seed(), options.threads(),
                                 options.no_ema("use raw weights even if EMA weights exist (with --sim: for a run "
                                                "of a file exported with --no-ema)")])
     p.add_argument("model", metavar="MODEL.pt")
     p.add_argument("--denoise-steps", type=int, default=4, help="denoiser calls of the measured trajectory")
     p.add_argument("-n", type=int, default=4, help="images in the measured trajectory")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--data", help="measure on training images noised to the same t instead of a trajectory")
     p.add_argument("--sim", metavar="DIR", help="use the spike records of `sdm simulate --out DIR`")
     p.add_argument("--preset", default="45nm-fp32", choices=["45nm-fp32", "45nm-fp16", "45nm-int8", "loihi"])
@@ -38,7 +37,8 @@ def run(a) -> None:
     if a.n < 1:
         raise UserError("-n must be >= 1")
     rep = energy_report(a.model, denoise_steps=a.denoise_steps, n=a.n, seed=a.seed, sampler=a.sampler,
-                        preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory, use_ema=not a.no_ema)
+                        preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory, use_ema=not a.no_ema,
+                        order=a.order)
     text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
     if a.out:
         from sdm.files import atomic_write

@@ -14,13 +14,10 @@ def add_parser(sub):
                        description="Generate N samples and report the offline metric (FID in the feature space of "
                                    "the project's classifier, its confidence) and, with --inception-weights, standard "
                                    "FID and Inception Score (docs/evaluation.md).",
-                       parents=[options.seed(), options.threads(), options.device(), options.no_ema(),
-                                options.batch_size()])
+                       parents=[options.sampler(), options.seed(), options.threads(), options.device(),
+                                options.no_ema(), options.batch_size()])
     p.add_argument("model", metavar="MODEL.pt")
     p.add_argument("-n", "--n", type=int, default=1000, help="number of samples")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses all)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance: theta' = S * theta")
     p.add_argument("--classifier", metavar="PATH",
                    help="classifier checkpoint (default: classifier.pt beside MODEL.pt)")
@@ -44,7 +41,7 @@ def run(a) -> None:
     device = options.pick_device(a)
     r = evaluate(a.model, n=a.n, sampler=a.sampler, steps=a.steps, eta=a.eta, threshold_scale=a.threshold_scale,
                  use_ema=not a.no_ema, seed=a.seed, batch_size=a.batch_size, classifier=a.classifier,
-                 inception_weights=a.inception_weights, data=a.data, ref_n=a.ref_n, device=device)
+                 inception_weights=a.inception_weights, data=a.data, ref_n=a.ref_n, device=device, order=a.order)
     print(format_table(r), end="")
     if a.json:
         from sdm.files import atomic_write

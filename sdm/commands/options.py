@@ -82,6 +82,28 @@ def batch_size(default: int | None = 64, help: str | None = None) -> argparse.Ar
     return _parent("--batch-size", type=_int_at_least(1), default=default, help=help)
 
 
+# the names of sdm.train.samplers.SAMPLERS (kept here so that building the parser imports no torch;
+# tests/test_cli.py checks that the two lists agree)
+SAMPLERS = ("ddpm", "ddim", "dpm-solver", "dpm-solver++", "analytic-ddpm", "analytic-ddim")
+SAMPLER_HELP = ("ddim | ddpm (all steps) | dpm-solver, dpm-solver++ (multistep, --order) | analytic-ddpm, "
+                "analytic-ddim (Analytic-DPM: needs `sdm moments` first)")
+
+
+def sampler(steps: int | None = 50, steps_flag: str = "--steps",
+            steps_help: str = "sampling steps (DDPM always uses all)", eta: bool = True) -> argparse.ArgumentParser:
+    """``--sampler``, its step count (``steps_flag``; None: the command defines it), ``--eta`` (DDIM;
+    ``eta=False``: a command whose trajectories are deterministic) and ``--order`` (DPM-Solver)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("sampler")
+    g.add_argument("--sampler", choices=SAMPLERS, default="ddim", help=SAMPLER_HELP)
+    if steps is not None:
+        g.add_argument(steps_flag, type=_int_at_least(1), default=steps, help=steps_help)
+    if eta:
+        g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    g.add_argument("--order", type=int, choices=(1, 2, 3), default=2, help="DPM-Solver order")
+    return p
+
+
 # ----- helpers -------------------------------------------------------------------------------
 def apply_threads(a: argparse.Namespace) -> None:
     """Apply ``--threads`` (when given and non-zero) to torch."""

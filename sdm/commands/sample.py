@@ -13,12 +13,9 @@ from . import options
 def add_parser(sub):
     p = sub.add_parser("sample", help="generate a PNG grid of samples",
                        description="Sample images from a trained checkpoint and write a PNG grid.",
-                       parents=[options.seed(), options.threads(), options.device(), options.no_ema(),
-                                options.batch_size()])
+                       parents=[options.sampler(), options.seed(), options.threads(), options.device(),
+                                options.no_ema(), options.batch_size()])
     p.add_argument("model", metavar="MODEL.pt")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses all)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance: theta' = S * theta")
@@ -29,18 +26,20 @@ def add_parser(sub):
 
 
 def run(a) -> None:
+    from sdm.train.moments import checkpoint_moments
     from sdm.train.sampling import generate, model_from_checkpoint, save_grid, sweep_paths
 
     options.apply_threads(a)
     if a.n < 1:
         raise UserError("-n must be >= 1")
     device = options.pick_device(a)
-    model, diffusion, _ = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device)
+    model, diffusion, ckpt = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device)
+    moments = checkpoint_moments(ckpt)
     scales = a.threshold_sweep or [a.threshold_scale]
     paths = sweep_paths(a.out, scales) if a.threshold_sweep else [Path(a.out)]
     for s, path in zip(scales, paths):
         t0 = time.perf_counter()
         x = generate(model, diffusion, a.n, sampler=a.sampler, steps=a.steps, eta=a.eta, seed=a.seed,
-                     threshold_scale=s, batch_size=a.batch_size, device=device)
+                     threshold_scale=s, batch_size=a.batch_size, device=device, order=a.order, moments=moments)
         save_grid(x, path, scale=a.scale)
         print(f"wrote {path} ({a.n} samples, {a.sampler}, threshold x{s:g}, {time.perf_counter() - t0:.1f} s)")

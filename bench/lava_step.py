@@ -28,7 +28,6 @@ import sys
 import time
 import warnings
 
-
 CONV_MODELS = ("fast", "ungated", "stock")
 
 
@@ -65,23 +64,11 @@ import torch  # noqa: E402
 DEMO = dict(img_ch=1, img_size=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, T=4)
 
 
-def randomise(model, seed=0):
-    """Trained-looking BatchNorm statistics (as tests/test_export.py does), so folding and spiking are realistic."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.6 - 0.1)
-    return model.eval()
-
-
 def load(args):
     """(graph, SpikingUNet or None, description)."""
     from sdm.export.lower import lower_unet
     from sdm.export.nir_format import read_nir
+    from sdm.testing.weights import randomise  # trained-looking BatchNorm statistics, as the tests use
     from sdm.train.unet import SpikingUNet, UNetConfig
 
     if args.model:
@@ -158,9 +145,11 @@ def lava_run(graph, conv: str, args) -> dict:
     if conv == "ungated":  # the fast model without its read window computes every step
         from lava.proc.conv.process import Conv
 
+        from sdm.neuromorphic.lava_models.conv_model import set_read_window
+
         for p in sim.net.procs.values():
             if isinstance(p, Conv):
-                p.proc_params.overwrite("read_window", None)
+                set_read_window(p, None)
     if conv == "stock":
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.models import PyConvModelFloat
@@ -232,7 +221,8 @@ def main(args) -> int:
             (f"[{r['conv']} conv]   of which set inputs / run / read records",
              " / ".join(f"{r['timing'].get(k, float('nan')):.3f}" for k in ("set_inputs", "run", "read_records"))
              + " s"),
-            (f"[{r['conv']} conv] per image", f"{per_img:.3f} s  ({per_img / r['run_length'] * B * 1e3:.1f} ms per step)"),
+            (f"[{r['conv']} conv] per image",
+             f"{per_img:.3f} s  ({per_img / r['run_length'] * B * 1e3:.1f} ms per step)"),
             (f"[{r['conv']} conv] spikes equal PyTorch (float64)",
              f"{'yes' if r['mismatches'] == 0 else 'NO'}: {r['mismatches']} of {r['spikes']} spikes differ, "
              f"max |eps diff| {r['eps_err']:.1e}"),
@@ -246,7 +236,8 @@ def main(args) -> int:
     if model is None:
         rows.append(("PyTorch SpikingUNet eval forward", "n/a (--model: no PyTorch module)"))
     for other in runs[1:]:
-        rows.append((f"speedup of {runs[0]['conv']} over {other['conv']} ({other['conv']} / {runs[0]['conv']} per call)",
+        first, alt = runs[0]["conv"], other["conv"]
+        rows.append((f"speedup of {first} over {alt} ({alt} / {first} per call)",
                      f"{other['call_median_s'] / runs[0]['call_median_s']:.2f}x"))
     rows.append(("bench wall time", f"{time.perf_counter() - t_start:.0f} s"))
     rows.append(("load average at start / end (other work skews timings)",

@@ -7,24 +7,17 @@ images: ``{name: [K, C, H, W]}``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from sdm.export.ir import Conv, IFNeurons, SNNGraph
+from sdm.export.ir import IFNeurons, SNNGraph
+from sdm.export.spike_record import SpikeRecordError, graph_fingerprint, read_spike_record  # noqa: F401 (re-export)
 from sdm.train.neuron import IFNeuron
 from sdm.train.samplers import denoise, make_sampler
 from sdm.train.unet import SpikingUNet
-from sdm.errors import SDMError
-
-
-class SpikeRecordError(SDMError):
-    """A spike record that does not belong to the model; the message names the file."""
 
 
 @dataclass
@@ -38,19 +31,6 @@ class SpikeCounts:
 
     def at_call(self, i: int) -> dict[str, np.ndarray]:
         return {k: v[i] for k, v in self.per_call.items()}
-
-
-def graph_fingerprint(graph: SNNGraph) -> str:
-    """A hash of the graph's convs (names, shapes, float32 weights) and neuron groups, which tie a
-    spike record to its model; junctions are left out since NIR files elide some of them."""
-    h = hashlib.sha256()
-    for name in sorted(graph.nodes):
-        node = graph.nodes[name]
-        if isinstance(node, (Conv, IFNeurons)):
-            h.update(f"{name}:{type(node).__name__}:{node.shape}".encode())
-        if isinstance(node, Conv):
-            h.update(np.asarray(node.weight, dtype=np.float32).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _module_to_graph(graph: SNNGraph, module_name: str, spikes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,7 +59,8 @@ def model_spike_counts(model: SpikingUNet, graph: SNNGraph, inputs: list[tuple[t
                 model(x, t)
                 for mod, s in current.items():
                     for name, part in _module_to_graph(graph, mod, s).items():
-                        per_call[name].append(part.abs().sum(dim=0).mean(dim=0).double().numpy())  # events: |s| (signed spikes)
+                        # events: |s|, so that signed spikes count as events too
+                        per_call[name].append(part.abs().sum(dim=0).mean(dim=0).double().numpy())
     finally:
         for h in hooks:
             h.remove()
@@ -87,13 +68,13 @@ def model_spike_counts(model: SpikingUNet, graph: SNNGraph, inputs: list[tuple[t
 
 
 def trajectory_inputs(model: SpikingUNet, diffusion, n: int, steps: int, seed: int, sampler: str = "ddim",
-                      data=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``(x_t, t)`` of each denoiser call: a real sampling trajectory from noise (DDIM's
-    ``steps`` calls, or DDPM's first ``steps``), or, with ``data``, training images noised to the
-    same timesteps."""
+                      data=None, order: int = 2, moments=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(x_t, t)`` of each denoiser call: a real sampling trajectory from noise (the ``steps``
+    calls of any sampler, or DDPM's first ``steps``), or, with ``data``, training images noised to
+    the same timesteps.  ``order`` and ``moments`` are DPM-Solver's and Analytic-DPM's."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
-    chain = make_sampler(sampler, diffusion, steps)
+    chain = make_sampler(sampler, diffusion, steps, order=order, moments=moments)
     dtype = next(model.parameters()).dtype
     calls = []
     if data is not None:
@@ -111,27 +92,12 @@ def trajectory_inputs(model: SpikingUNet, diffusion, n: int, steps: int, seed: i
 def read_sim_counts(sim_dir: str | os.PathLike, graph: SNNGraph) -> tuple[SpikeCounts, list]:
     """Spike counts from ``sdm simulate``'s ``spikes.h5``; checks that it belongs to ``graph``.
 
-    Returns the counts and the recorded ``(x_t, t)`` inputs (to replay them in PyTorch)."""
-    path = Path(sim_dir) / "spikes.h5"
-    if not path.exists():
-        raise SpikeRecordError(f"{path}: no such file (run `sdm simulate ... --out {sim_dir}` first)")
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != "sdm-spike-record":
-                raise SpikeRecordError(f"{path}: not a spike record of sdm simulate")
-            fp = f.attrs.get("fingerprint", "")
-            if fp != graph_fingerprint(graph):
-                names = set(f["layers"])
-                expected = {n.name for n in graph.of_type(IFNeurons)}
-                why = "different layers" if names != expected else "different weights"
-                raise SpikeRecordError(f"{path}: recorded from another model ({why}); export and simulate this one")
-            ts = [int(t) for t in f["timesteps"][()]]
-            per_call = {k: f["layers"][k]["neuron_counts"][()].astype(np.float64).mean(axis=1)
-                        for k in f["layers"]}
-            x = torch.from_numpy(f["inputs"][()])
-    except SpikeRecordError:
-        raise
-    except (OSError, KeyError) as e:
-        raise SpikeRecordError(f"{path}: unreadable spike record ({type(e).__name__}: {e})") from None
+    Returns the counts (per neuron, averaged over the images) and the recorded ``(x_t, t)``
+    inputs (to replay them in PyTorch).  The file format, its checks and :class:`SpikeRecordError`
+    are :mod:`sdm.export.spike_record`'s."""
+    record = read_spike_record(sim_dir, graph)
+    ts = record.timesteps
+    per_call = {k: layer.neuron_counts.astype(np.float64).mean(axis=1) for k, layer in record.layers.items()}
+    x = torch.from_numpy(record.inputs)
     inputs = [(x[i], torch.full((x.shape[1],), t, dtype=torch.long)) for i, t in enumerate(ts)]
     return SpikeCounts(ts, per_call, f"Lava simulation {sim_dir}"), inputs

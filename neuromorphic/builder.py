@@ -18,31 +18,60 @@ Constants: conv biases are attached to the node the conv feeds (the neuron's ``b
 a junction's ``bias``, a TSM gain's input bias).  The time embedding enters as one graded
 input vector ``swish(temb(t))`` (a RingBuffer set once per call) feeding every block's
 projection through a :class:`ChannelDense` synapse; the projections' biases are neuron biases.
+
+:func:`build` runs named passes, in the style of lava-dl's netx (one ``create_*`` per layer type):
+
+1. :func:`plan_timing`: every node's depth, the output junction, the window and run length;
+2. :func:`constant_inputs`: the bias pass, each conv's (and time projection's) constant moved
+   to the node it feeds;
+3. processes: one small factory per IR node type, looked up in :data:`FACTORIES`; the neuron
+   groups' and the output junction's probe files are made here (:class:`Probes`);
+4. :func:`wire`: the edges, with a delay line wherever a source arrives early.
+
+``print(net)`` (:meth:`LavaGraph.table`) shows the built network, one row per process.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph, TemporalAffine, Upsample
 from sdm.errors import SDMError
+from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Node, Output, SNNGraph, TemporalAffine, Upsample
+
+from .lava_runtime import ensure_lava_runtime
+
+if TYPE_CHECKING:
+    from lava.magma.core.process.process import AbstractProcess
+    from lava.proc.io.source import RingBuffer
+
+    from .fixed_point import FixedPointPlan
+    from .lava_models.processes import DelayLine, RecordingLIFReset
 
 
 class LavaBuildError(SDMError):
     """The graph cannot be mapped to Lava; the message names the node."""
 
 
+# ----- layouts ------------------------------------------------------------------------------
 def whc(a: np.ndarray) -> np.ndarray:
     """(C, H, W) -> Lava's (W, H, C)."""
     return np.ascontiguousarray(np.asarray(a).transpose(2, 1, 0))
 
 
-def chw_shape(shape) -> tuple[int, int, int]:
+def lava_shape(shape) -> tuple[int, int, int]:
+    """An IR shape (C, H, W) as Lava's (W, H, C)."""
     c, h, w = shape
     return (w, h, c)
+
+
+def ir_shape(shape) -> tuple[int, int, int]:
+    """A Lava shape (W, H, C) as the IR's (C, H, W)."""
+    w, h, c = shape
+    return (c, h, w)
 
 
 def lava_conv_weight(weight: np.ndarray) -> np.ndarray:
@@ -50,7 +79,13 @@ def lava_conv_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
 
 
+def _is_temb(node: Node) -> bool:
+    return isinstance(node, AnalogInput) and node.kind == "temb"
+
+
+# ----- pass 1: timing -----------------------------------------------------------------------
 def depths(graph: SNNGraph) -> dict[str, int]:
+    """The step at which each node's first valid input arrives (module docstring)."""
     d: dict[str, int] = {}
     for name in graph.topological_order():
         node = graph.nodes[name]
@@ -64,175 +99,344 @@ def depths(graph: SNNGraph) -> dict[str, int]:
     return d
 
 
-def _spike_source(graph: SNNGraph, conv: str) -> IFNeurons:
-    """The neuron group whose spikes a spiking conv reads (through an upsampling, if any)."""
-    src = graph.predecessors(conv)[0]
-    while isinstance(graph.nodes[src], Upsample):
-        src = graph.predecessors(src)[0]
-    return graph.nodes[src]
+@dataclass(frozen=True)
+class Timing:
+    """When things happen in one call: ``window = batch * T`` steps per layer, ``run_length`` Lava
+    steps (``window + depth`` of the output, rounded up to a multiple of ``window``)."""
+
+    depth: dict[str, int]
+    output: str  # IR name of the junction whose probe holds the graph output
+    T: int
+    batch: int
+    window: int
+    run_length: int
 
 
-def _is_temb(node) -> bool:
-    return isinstance(node, AnalogInput) and node.kind == "temb"
+def plan_timing(graph: SNNGraph, T: int, batch: int) -> Timing:
+    d = depths(graph)
+    out_name = graph.output.name
+    out_src = graph.predecessors(out_name)
+    if len(out_src) != 1 or not isinstance(graph.nodes[out_src[0]], Junction):
+        raise LavaBuildError(f"{out_name}: the output must read a single junction node")
+    window = batch * T
+    run_length = window * -(-(window + d[out_src[0]]) // window)
+    return Timing(depth=d, output=out_src[0], T=T, batch=batch, window=window, run_length=run_length)
 
 
+# ----- pass 2: constants --------------------------------------------------------------------
+def constant_inputs(graph: SNNGraph) -> dict[str, np.ndarray]:
+    """The constant current ``(C, H, W)`` each node receives from the convs (their bias) and time
+    projections (theirs) feeding it; Lava's ``Conv`` has no bias, so the consumer adds it."""
+    bias: dict[str, np.ndarray] = {}
+    for src, dst in graph.edges:
+        node, consumer = graph.nodes[src], graph.nodes[dst]
+        if isinstance(node, Conv):
+            if isinstance(consumer, (Conv, Upsample)):
+                raise LavaBuildError(f"{src} -> {dst}: a conv feeding a conv or upsample is not supported")
+            b = node.bias
+        elif _is_temb(node):
+            b = graph.host.temb_proj[node.block].b
+        else:
+            continue
+        bias[dst] = bias.get(dst, 0) + np.broadcast_to(b.reshape(-1, 1, 1), consumer.shape)
+    return bias
+
+
+# ----- pass 3: one process per node ---------------------------------------------------------
+class Probes:
+    """The ``.npy`` memory maps ``(window, W, H, C)`` that processes write their window into."""
+
+    def __init__(self, directory: str, window: int):
+        self.directory = directory
+        self.window = window
+        self.files: dict[str, np.ndarray] = {}  # IR name -> memory map
+
+    def add(self, name: str, shape: tuple[int, int, int]) -> str:
+        """Create the probe of ``name`` (Lava shape ``shape``) and return its path for the process."""
+        path = os.path.join(self.directory, f"{len(self.files):04d}.npy")
+        self.files[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(self.window, *shape))
+        return path
+
+
+@dataclass
+class BuildContext:
+    """What the node factories share: the graph, the passes' results and the build options."""
+
+    graph: SNNGraph
+    timing: Timing
+    constants: dict[str, np.ndarray]
+    probes: Probes
+    plan: FixedPointPlan | None = None  # fixed_pt parameters; None: floating_pt
+    threshold_scale: float = 1.0
+    record_spikes: bool = True
+    source: RingBuffer | None = None  # the image input, once made
+    temb_source: RingBuffer | None = None  # swish(temb), once a temb input is made
+
+    def current(self, a) -> np.ndarray:
+        """A float current in the mode's units (fixed point: integer state units)."""
+        return self.plan.current(a) if self.plan is not None else np.asarray(a, dtype=float)
+
+    def constant(self, name: str) -> np.ndarray:
+        """The constant input of node ``name`` in Lava's layout, float (zeros if it has none)."""
+        return whc(self.constants.get(name, np.zeros(self.graph.nodes[name].shape)))
+
+    @property
+    def dtype(self) -> type:
+        return float if self.plan is None else int
+
+
+Factory = Callable[[BuildContext, Node], "AbstractProcess | None"]
+
+
+def _input(ctx: BuildContext, node: AnalogInput) -> AbstractProcess:
+    """The image: a RingBuffer of ``window`` steps.  A temb input: its block's ChannelDense synapse,
+    fed by the one RingBuffer of ``swish(temb)`` (made with the first temb input)."""
+    from lava.proc.io.source import RingBuffer
+
+    from .lava_models.processes import ChannelDense
+
+    shape = lava_shape(node.shape)
+    if node.kind == "image":
+        if ctx.source is not None:
+            raise LavaBuildError(f"{node.name}: only one image input is supported")
+        ctx.source = RingBuffer(data=np.zeros((*shape, ctx.timing.window), dtype=ctx.dtype))
+        return ctx.source
+    w_proj = ctx.graph.host.temb_proj[node.block].w
+    if ctx.temb_source is None:
+        ctx.temb_source = RingBuffer(data=np.zeros((w_proj.shape[1], 1), dtype=ctx.dtype))
+    w, exp = (w_proj, 0) if ctx.plan is None else ctx.plan.graded_weight(w_proj)
+    return ChannelDense(weight=w, weight_exp=exp, out_shape=shape, name=node.name)
+
+
+def _conv(ctx: BuildContext, node: Conv) -> AbstractProcess:
+    """Lava's ``Conv`` with the flipped kernel, gated to the steps its consumers read."""
+    from lava.proc.conv.process import Conv as LavaConv
+
+    from .lava_models.conv_model import ReadWindow, set_read_window
+
+    w, exp = (node.weight, 0) if ctx.plan is None else (ctx.plan.conv_mant[node.name], ctx.plan.conv_exp[node.name])
+    spikes = ctx.graph.spike_source(node.name)
+    # binary spikes: 0 message bits; signed spikes (-1/0/1) are 2-bit graded spikes; currents 24 bits
+    bits = 24 if spikes is None else (2 if spikes[0].signed else 0)
+    proc = LavaConv(weight=lava_conv_weight(w), weight_exp=exp, input_shape=lava_shape(node.in_shape),
+                    padding=node.padding, stride=node.stride, num_message_bits=bits, name=node.name)
+    t = ctx.timing
+    set_read_window(proc, ReadWindow(t.depth[node.name], t.window, t.run_length))
+    return proc
+
+
+def _neurons(ctx: BuildContext, node: IFNeurons) -> AbstractProcess:
+    """``RecordingLIFReset`` reset at the opening of its window, with the constant input as bias."""
+    from .lava_models.processes import RecordingLIFReset
+
+    th = node.threshold
+    if not np.all(th == th.flat[0]):
+        raise LavaBuildError(f"{node.name}: per-neuron thresholds are not supported (Lava LIF has one vth)")
+    theta, b, plan = float(th.flat[0]) * ctx.threshold_scale, ctx.constant(node.name), ctx.plan
+    if plan is None:
+        du, dv, vth, (bias_mant, bias_exp), margin = 1.0, 1.0 - node.decay, theta, (b, 0), node.inhibit_margin
+    else:
+        (du, dv), vth = plan.decays(node.decay), plan.threshold(theta)
+        (bias_mant, bias_exp), margin = plan.neuron_bias(b), plan.inhibit_margin(node.inhibit_margin)
+    shape, d, t = lava_shape(node.shape), ctx.timing.depth[node.name], ctx.timing
+    return RecordingLIFReset(
+        shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=bias_exp,
+        reset_interval=t.T, reset_offset=(d + 1) % t.T, window_start=d, window=t.window, run_length=t.run_length,
+        probe=ctx.probes.add(node.name, shape) if ctx.record_spikes else "",
+        reset=node.reset, v_init=node.v_init, signed=node.signed, inhibit_margin=margin, name=node.name)
+
+
+def _junction(ctx: BuildContext, node: Junction) -> AbstractProcess:
+    """``AnalogJunction``: sum plus constant; the output junction also records its window."""
+    from .lava_models.processes import AnalogJunction
+
+    shape, t = lava_shape(node.shape), ctx.timing
+    rec = node.name == t.output
+    return AnalogJunction(shape=shape, bias=ctx.current(ctx.constant(node.name)),
+                          window_start=t.depth[node.name] if rec else 0, window=t.window if rec else 0,
+                          run_length=t.run_length, probe=ctx.probes.add(node.name, shape) if rec else "",
+                          name=node.name)
+
+
+def _temporal_affine(ctx: BuildContext, node: TemporalAffine) -> AbstractProcess:
+    """``TemporalGain``: the TSM gain of the step, the conv's constant before it, the BN shift after."""
+    from .lava_models.processes import TemporalGain
+
+    if len(node.gain) != ctx.timing.T:
+        raise LavaBuildError(f"{node.name}: TSM gain has {len(node.gain)} steps, the graph runs {ctx.timing.T}")
+    offset = whc(np.broadcast_to(node.offset.reshape(-1, 1, 1), node.shape))
+    return TemporalGain(shape=lava_shape(node.shape), gain=np.asarray(node.gain, dtype=float),
+                        bias_in=ctx.current(ctx.constant(node.name)), bias_out=ctx.current(offset),
+                        window_start=ctx.timing.depth[node.name], name=node.name)
+
+
+def _upsample(ctx: BuildContext, node: Upsample) -> AbstractProcess:
+    from .lava_models.processes import UpsampleNearest
+
+    return UpsampleNearest(shape=lava_shape(node.in_shape), scale=node.scale, name=node.name)
+
+
+def _no_process(ctx: BuildContext, node: Output) -> None:
+    """The output is read from the probe of the junction before it."""
+    return None
+
+
+FACTORIES: dict[type[Node], Factory] = {
+    AnalogInput: _input,
+    Conv: _conv,
+    IFNeurons: _neurons,
+    Junction: _junction,
+    TemporalAffine: _temporal_affine,
+    Upsample: _upsample,
+    Output: _no_process,
+}
+
+
+def _factory(node: Node) -> Factory:
+    for cls in type(node).__mro__:
+        if cls in FACTORIES:
+            return FACTORIES[cls]
+    raise LavaBuildError(f"{node.name}: no Lava mapping for {type(node).__name__}")
+
+
+def make_processes(ctx: BuildContext) -> dict[str, AbstractProcess]:
+    """IR name -> its process, in topological order (the Output has none)."""
+    procs = {}
+    for name in ctx.graph.topological_order():
+        node = ctx.graph.nodes[name]
+        proc = _factory(node)(ctx, node)
+        if proc is not None:
+            procs[name] = proc
+    if ctx.source is None:
+        raise LavaBuildError("the graph has no image input")
+    return procs
+
+
+# ----- pass 4: wiring and delays ------------------------------------------------------------
+@dataclass
+class Wire:
+    """An edge as built: ``delay`` steps of ``line`` between the two processes (0 and None: direct)."""
+
+    src: str
+    dst: str
+    delay: int = 0
+    line: DelayLine | None = None
+
+
+def _ports(graph: SNNGraph, procs: dict[str, AbstractProcess], src: str, dst: str):
+    s, d = graph.nodes[src], graph.nodes[dst]
+    out_port = procs[src].s_out if isinstance(s, (IFNeurons, AnalogInput)) and not _is_temb(s) else procs[src].a_out
+    in_port = procs[dst].s_in if isinstance(d, Conv) else procs[dst].a_in
+    return out_port, in_port
+
+
+def wire(graph: SNNGraph, procs: dict[str, AbstractProcess], depth: dict[str, int],
+         temb_source: RingBuffer | None = None) -> list[Wire]:
+    """Connect the processes along the graph's edges, delaying every input that arrives before its
+    destination's depth (a conv's own step of latency counted)."""
+    from .lava_models.processes import DelayLine
+
+    if temb_source is not None:
+        for name in graph.topological_order():
+            if _is_temb(graph.nodes[name]):
+                temb_source.s_out.connect(procs[name].s_in)
+    wires = []
+    for src, dst in graph.edges:
+        if isinstance(graph.nodes[dst], Output):
+            continue
+        out_port, in_port = _ports(graph, procs, src, dst)
+        if _is_temb(graph.nodes[src]):  # constant over the call: no alignment needed
+            out_port.connect(in_port)
+            wires.append(Wire(src, dst))
+            continue
+        lag = depth[dst] - depth[src] - (1 if isinstance(graph.nodes[dst], Conv) else 0)
+        if lag < 0:
+            raise LavaBuildError(f"{src} -> {dst}: negative latency {lag}")
+        line = None
+        if lag:
+            line = DelayLine(shape=lava_shape(graph.nodes[src].shape), delay=lag, name=f"delay:{src}->{dst}")
+            out_port.connect(line.a_in)
+            out_port = line.a_out
+        out_port.connect(in_port)
+        wires.append(Wire(src, dst, lag, line))
+    return wires
+
+
+# ----- the result ---------------------------------------------------------------------------
 @dataclass
 class LavaGraph:
     """The built processes and what the runner needs to drive them."""
 
-    procs: dict
-    probes: dict  # IR name -> (window, W, H, C) memory map written by the process
-    source: object  # RingBuffer of the image, (W, H, C, B*T)
-    temb_source: object  # RingBuffer of swish(temb), (tdim, 1), or None
+    procs: dict[str, AbstractProcess]  # IR name -> process (the Output node has none)
+    probes: dict[str, np.ndarray]  # IR name -> (window, W, H, C) memory map written by the process
+    source: RingBuffer  # the image, (W, H, C, B*T)
+    temb_source: RingBuffer | None  # swish(temb), (tdim, 1); None without a time embedding
     output: str  # IR name of the junction whose probe holds the graph output
-    neurons: dict  # IR neuron name -> RecordingLIFReset
-    depth: dict
+    neurons: dict[str, RecordingLIFReset]  # IR neuron name -> its process
+    depth: dict[str, int]
     run_length: int
     window: int
     batch: int
     T: int
-    delays: list = field(default_factory=list)
+    wires: list[Wire] = field(default_factory=list)
+
+    @property
+    def delays(self) -> list[DelayLine]:
+        return [w.line for w in self.wires if w.line is not None]
 
     @property
     def num_processes(self) -> int:
-        return len(self.procs) + len(self.delays)
+        return len(self.procs) + len(self.delays) + (self.temb_source is not None)
+
+    def table(self) -> str:
+        """The network, one row per process: IR name, Lava process, output shape (W, H, C), depth,
+        latency (1: a synapse, which sends in step k what it got in step k-1) and the delay lines on
+        its inputs (``source+steps``); then the totals."""
+        from lava.proc.conv.process import Conv as LavaConv
+
+        from .lava_models.processes import ChannelDense
+
+        delayed: dict[str, list[str]] = {}
+        for w in self.wires:
+            if w.line is not None:
+                delayed.setdefault(w.dst, []).append(f"{w.src}+{w.delay}")
+        named = list(self.procs.items())
+        if self.temb_source is not None:
+            named.append(("(temb)", self.temb_source))
+        rows = [("name", "process", "shape", "depth", "lat", "delay lines")]
+        for name, proc in named:
+            shape = "x".join(str(v) for v in proc.out_ports.members[0].shape)
+            lat = 1 if isinstance(proc, (LavaConv, ChannelDense)) else 0
+            rows.append((name, type(proc).__name__, shape, str(self.depth.get(name, 0)), str(lat),
+                         ", ".join(delayed.get(name, []))))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(n) if i < 3 or i == 5 else v.rjust(n) for i, (v, n) in enumerate(zip(r, widths)))
+                 .rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * n for n in widths))
+        lines.append(f"{self.num_processes} Lava processes ({len(self.delays)} delay lines); {self.run_length} "
+                     f"steps per call: {self.batch} image(s) x T {self.T}, output depth {self.depth[self.output]}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
 
 
 def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes: bool = True,
-          threshold_scale: float = 1.0, plan=None) -> LavaGraph:
-    """Create (not yet compile) the Lava processes of ``graph``.
+          threshold_scale: float = 1.0, plan: FixedPointPlan | None = None) -> LavaGraph:
+    """Create (not yet compile) the Lava processes of ``graph`` (the passes of the module docstring).
 
     Probe files (``.npy`` memory maps) for the output and, with ``record_spikes``, for every
     neuron group's window spikes are created in ``probe_dir``.
 
     With a :class:`~sdm.neuromorphic.fixed_point.FixedPointPlan` the parameters are integers
     for Lava's ``fixed_pt`` models; without one they are used as they are (``floating_pt``)."""
-    from lava.proc.conv.process import Conv as LavaConv
-    from lava.proc.io.source import RingBuffer
-
-    from .lava_models.processes import (AnalogJunction, ChannelDense, DelayLine, RecordingLIFReset, TemporalGain,
-                                        UpsampleNearest)
-
-    probes: dict[str, np.ndarray] = {}
-
-    def probe(name: str, shape) -> str:
-        path = os.path.join(probe_dir, f"{len(probes):04d}.npy")
-        probes[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(window, *shape))
-        return path
-
-    cur = plan.current if plan is not None else (lambda a: np.asarray(a, dtype=float))
-
-    d = depths(graph)
-    out_name = graph.output.name
-    out_src = graph.predecessors(out_name)
-    if len(out_src) != 1 or not isinstance(graph.nodes[out_src[0]], Junction):
-        raise LavaBuildError(f"{out_name}: the output must read a single junction node")
-    depth = d[out_src[0]]
-    window = batch * T
-    run_length = window * -(-(window + depth) // window)
-
-    # constant inputs each node receives from the convs feeding it
-    bias: dict[str, np.ndarray] = {}
-    for src, dst in graph.edges:
-        node = graph.nodes[src]
-        if isinstance(node, Conv):
-            shape = graph.nodes[dst].shape if not isinstance(graph.nodes[dst], (Conv, Upsample)) else None
-            if shape is None:
-                raise LavaBuildError(f"{src} -> {dst}: a conv feeding a conv or upsample is not supported")
-            b = np.broadcast_to(node.bias.reshape(-1, 1, 1), shape)
-            bias[dst] = bias.get(dst, 0) + b
-        elif _is_temb(node):
-            b_proj = graph.host.temb_proj[node.block].b
-            bias[dst] = bias.get(dst, 0) + np.broadcast_to(b_proj.reshape(-1, 1, 1), graph.nodes[dst].shape)
-
-    procs, neurons = {}, {}
-    source = temb_source = None
-    dtype = float if plan is None else int
-    for name in graph.topological_order():
-        node = graph.nodes[name]
-        shape = chw_shape(node.shape)
-        if isinstance(node, AnalogInput):
-            if node.kind == "image":
-                if source is not None:
-                    raise LavaBuildError(f"{name}: only one image input is supported")
-                source = procs[name] = RingBuffer(data=np.zeros((*shape, window), dtype=dtype))
-                continue
-            w_proj = graph.host.temb_proj[node.block].w
-            if temb_source is None:
-                temb_source = RingBuffer(data=np.zeros((w_proj.shape[1], 1), dtype=dtype))
-            w, exp = (w_proj, 0) if plan is None else plan.graded_weight(w_proj)
-            procs[name] = ChannelDense(weight=w, weight_exp=exp, out_shape=shape, name=name)
-            temb_source.s_out.connect(procs[name].s_in)
-            continue
-        if isinstance(node, Conv):
-            w, exp = (node.weight, 0) if plan is None else (plan.conv_mant[name], plan.conv_exp[name])
-            spiking_in = isinstance(graph.nodes[graph.predecessors(name)[0]], (IFNeurons, Upsample))
-            # binary spikes: 0 message bits; signed spikes (-1/0/1) are 2-bit graded spikes; currents 24 bits
-            bits = (2 if _spike_source(graph, name).signed else 0) if spiking_in else 24
-            procs[name] = LavaConv(weight=lava_conv_weight(w), weight_exp=exp, input_shape=chw_shape(node.in_shape),
-                                   padding=node.padding, stride=node.stride, num_message_bits=bits, name=name)
-            # the steps whose output the consumers read (after alignment): the fast conv model skips the rest
-            procs[name].proc_params["read_window"] = (d[name], window, run_length)
-        elif isinstance(node, IFNeurons):
-            th = node.threshold
-            if not np.all(th == th.flat[0]):
-                raise LavaBuildError(f"{name}: per-neuron thresholds are not supported (Lava LIF has one vth)")
-            b = whc(bias.get(name, np.zeros(node.shape)))
-            if plan is None:
-                du, dv, vth = 1.0, 1.0 - node.decay, float(th.flat[0]) * threshold_scale
-                bias_mant, bias_exp = b, 0
-            else:
-                (du, dv), vth = plan.decays(node.decay), plan.threshold(float(th.flat[0]) * threshold_scale)
-                bias_mant, bias_exp = plan.neuron_bias(b)
-            neurons[name] = procs[name] = RecordingLIFReset(
-                shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=bias_exp,
-                reset_interval=T, reset_offset=(d[name] + 1) % T,
-                window_start=d[name], window=window, run_length=run_length,
-                probe=probe(name, shape) if record_spikes else "",
-                reset=node.reset, v_init=node.v_init, signed=node.signed,
-                inhibit_margin=node.inhibit_margin if plan is None else plan.inhibit_margin(node.inhibit_margin),
-                name=name)
-        elif isinstance(node, Junction):
-            rec = name == out_src[0]
-            procs[name] = AnalogJunction(shape=shape, bias=cur(whc(bias.get(name, np.zeros(node.shape)))),
-                                         window_start=d[name] if rec else 0, window=window if rec else 0,
-                                         run_length=run_length, probe=probe(name, shape) if rec else "", name=name)
-        elif isinstance(node, TemporalAffine):
-            if len(node.gain) != T:
-                raise LavaBuildError(f"{name}: TSM gain has {len(node.gain)} steps, the graph runs {T}")
-            procs[name] = TemporalGain(shape=shape, gain=np.asarray(node.gain, dtype=float),
-                                       bias_in=cur(whc(bias.get(name, np.zeros(node.shape)))),
-                                       bias_out=cur(whc(np.broadcast_to(node.offset.reshape(-1, 1, 1), node.shape))),
-                                       window_start=d[name], name=name)
-        elif isinstance(node, Upsample):
-            procs[name] = UpsampleNearest(shape=chw_shape(node.in_shape), scale=node.scale, name=name)
-        elif isinstance(node, Output):
-            continue
-        else:
-            raise LavaBuildError(f"{name}: no Lava mapping for {type(node).__name__}")
-    if source is None:
-        raise LavaBuildError("the graph has no image input")
-
-    delays = []
-    for src, dst in graph.edges:
-        if isinstance(graph.nodes[dst], Output):
-            continue
-        if _is_temb(graph.nodes[src]):  # constant over the call: no alignment needed
-            procs[src].a_out.connect(procs[dst].a_in)
-            continue
-        out_port = procs[src].s_out if isinstance(graph.nodes[src], (IFNeurons, AnalogInput)) else procs[src].a_out
-        in_port = procs[dst].s_in if isinstance(graph.nodes[dst], Conv) else procs[dst].a_in
-        lag = d[dst] - d[src] - (1 if isinstance(graph.nodes[dst], Conv) else 0)
-        if lag < 0:
-            raise LavaBuildError(f"{src} -> {dst}: negative latency {lag}")
-        if lag:
-            line = DelayLine(shape=chw_shape(graph.nodes[src].shape), delay=lag, name=f"delay:{src}->{dst}")
-            out_port.connect(line.a_in)
-            out_port = line.a_out
-            delays.append(line)
-        out_port.connect(in_port)
-    if temb_source is not None:
-        procs["temb"] = temb_source
-    return LavaGraph(procs=procs, probes=probes, source=source, temb_source=temb_source, output=out_src[0],
-                     neurons=neurons, depth=d, run_length=run_length, window=window, batch=batch, T=T,
-                     delays=delays)
+    ensure_lava_runtime()
+    timing = plan_timing(graph, T, batch)
+    ctx = BuildContext(graph, timing, constant_inputs(graph), Probes(probe_dir, timing.window), plan=plan,
+                       threshold_scale=threshold_scale, record_spikes=record_spikes)
+    procs = make_processes(ctx)
+    wires = wire(graph, procs, timing.depth, ctx.temb_source)
+    neurons = {name: p for name, p in procs.items() if isinstance(graph.nodes[name], IFNeurons)}
+    return LavaGraph(procs=procs, probes=ctx.probes.files, source=ctx.source, temb_source=ctx.temb_source,
+                     output=timing.output, neurons=neurons, depth=timing.depth, run_length=timing.run_length,
+                     window=timing.window, batch=batch, T=T, wires=wires)

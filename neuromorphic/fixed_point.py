@@ -15,6 +15,10 @@ integrates ``v += a_in << 6`` plus its bias and fires when ``v > vth << 6``, so
 The state is 24-bit in the LIF and the LIF's synaptic input port is 16-bit, which bounds the
 current to about ``2**15 / lam`` (128 at the default): the plan checks the graph's largest
 possible weight sum and warns through ``self.warnings`` when the bound can be exceeded.
+
+:func:`round_shift` is the one integer rescaling of a synapse's sum (``2**exp`` with rounding,
+24-bit clamp), used by the fixed-point conv and time-embedding models (``lava_models/``) and by
+the host-side first conv of the netx path.  This module is pure numpy: it loads no Lava module.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import math
 
 import numpy as np
 
+from sdm.errors import ConfigError
 from sdm.export.ir import Conv, IFNeurons, SNNGraph, Upsample
 
 WEIGHT_BITS = 8  # mantissa magnitude < 2**8 (Loihi 2: 8-bit weights with sign, plus exponent)
@@ -30,6 +35,19 @@ BIAS_MANT_MAX = 4095  # 13-bit signed
 BIAS_EXP_MAX = 7
 VTH_MAX = 2 ** 17 - 1
 ACT_SHIFT = 6
+STATE_BITS = 24  # synapse outputs, u and v are 24-bit signed on Loihi 2
+STATE_MIN, STATE_MAX = -(2 ** (STATE_BITS - 1)), 2 ** (STATE_BITS - 1) - 1
+
+
+def round_shift(y: np.ndarray, exp: int) -> np.ndarray:
+    """``y * 2**exp`` for an integer array ``y``, clamped to the 24-bit signed range.
+
+    ``exp >= 0``: a left shift.  ``exp < 0``: an arithmetic right shift by ``-exp`` that rounds
+    half up (``floor(y / 2**-exp + 1/2)``), the rescaling of an 8-bit mantissa sum with a negative
+    shared exponent.  Returns an array of ``y``'s integer type."""
+    exp = int(exp)
+    y = y << exp if exp >= 0 else (y + (1 << (-exp - 1))) >> -exp
+    return np.clip(y, STATE_MIN, STATE_MAX)
 
 
 def mantissa_exponent(m: np.ndarray, bits: int = WEIGHT_BITS) -> tuple[np.ndarray, int]:
@@ -72,7 +90,7 @@ class FixedPointPlan:
     def threshold(self, theta: float) -> int:
         vth = int(round(theta * self.lam))
         if not 0 < vth <= VTH_MAX:
-            raise ValueError(f"threshold {theta} does not fit 17 bits at scale {self.lam}")
+            raise ConfigError(f"threshold {theta} does not fit 17 bits at scale {self.lam}")
         return vth
 
     def inhibit_margin(self, margin: float) -> int:

@@ -1,5 +1,9 @@
 """lava-dl netx for purely sequential spiking graphs: the hdf5 file, and running it in Lava.
 
+A cross-check, not a deployment path: only ``tests/test_netx.py`` uses this module (``sdm
+simulate`` runs the builder's process graph, :mod:`.builder`).  It lives here, beside the
+builder and the fixed-point plan it checks, because it shares their layouts and integers.
+
 Where a graph is a single chain (a non-residual :class:`~sdm.testing.spiking_cnn.SpikingCNN`)
 it is also written in lava-dl's netx hdf5 format and run through the unmodified
 ``lava.lib.dl.netx.hdf5.Network`` in ``fixed_pt``; ``tests/test_netx.py`` checks that every
@@ -53,12 +57,13 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from sdm.errors import SDMError
 from sdm.export.ir import AnalogInput, Conv, IFNeurons, Junction, Output, SNNGraph
 
-from .builder import chw_shape, lava_conv_weight, whc
-from .fixed_point import BIAS_MANT_MAX, VTH_MAX, FixedPointPlan
+from .builder import ir_shape, lava_conv_weight, whc
+from .fixed_point import BIAS_MANT_MAX, VTH_MAX, FixedPointPlan, round_shift
 from .lava_models.conv_model import conv_whc, correlation_weight
-from sdm.errors import SDMError
+from .lava_runtime import ensure_lava_runtime
 
 NETX_BIAS_EXP = 6  # netx's get_neuron_params hard-codes bias_exp=6 for CUBA neurons
 NETX_WEIGHT_MAX = 255  # 8-bit mantissa magnitude, as FixedPointPlan
@@ -161,12 +166,6 @@ def is_sequential(graph: SNNGraph) -> bool:
     return True
 
 
-def _constant_into(graph: SNNGraph, conv: str) -> np.ndarray:
-    """The constant current a conv adds (its folded bias + BN shift), per output channel; our builder
-    adds it where the conv lands: ``round(lam * b)`` on a junction, or a neuron bias."""
-    return np.asarray(graph.nodes[conv].bias, dtype=np.float64)
-
-
 # ----- the shared integer plan ----------------------------------------------------------------
 def _spiking_convs(graph: SNNGraph) -> list[str]:
     return [n for n, node in graph.nodes.items() if isinstance(node, Conv)
@@ -260,7 +259,7 @@ def write_netx_hdf5(graph: SNNGraph, plan: NetxPlan, path: str | os.PathLike, T:
         conv = graph.nodes[chain.first_conv]
         host.create_dataset("weight", data=plan.conv_mant[chain.first_conv])  # (Cout, Cin, kH, kW)
         host.create_dataset("weight_exp", data=plan.conv_exp[chain.first_conv])
-        host.create_dataset("bias", data=plan.current(_constant_into(graph, chain.first_conv)))
+        host.create_dataset("bias", data=plan.current(conv.bias))  # the conv's constant, on the junction
         host.create_dataset("stride", data=conv.stride)
         host.create_dataset("padding", data=conv.padding)
         host.create_dataset("in_shape", data=np.array(conv.in_shape))
@@ -283,7 +282,7 @@ def write_netx_hdf5(graph: SNNGraph, plan: NetxPlan, path: str | os.PathLike, T:
             if plan.conv_exp[c] != 0:
                 raise NetxExportError(f"{c}: netx convs have weight exponent 0, the plan has {plan.conv_exp[c]}")
             g.create_dataset("weight", data=plan.conv_mant[c].astype(np.int64))
-            g.create_dataset("bias", data=plan.neuron_bias(_constant_into(graph, c))[0])
+            g.create_dataset("bias", data=plan.neuron_bias(conv.bias)[0])  # the conv's constant, a neuron bias
             _neuron(g, neuron, plan)
     return chain
 
@@ -303,8 +302,7 @@ def first_layer_current(path: str | os.PathLike, image: np.ndarray) -> np.ndarra
     xq = np.round(whc(image) * lam).astype(np.int64)  # FixedPointPlan.quantize_input, (W, H, C)
     y = conv_whc(xq, correlation_weight(lava_conv_weight(mant)).astype(np.int64), mant.shape[:1:-1],
                  (stride, stride), (pad, pad))
-    y = y << exp if exp >= 0 else (y + (1 << (-exp - 1))) >> -exp  # FastConvModelFixed.scale
-    y = np.clip(y, -(2 ** 23), 2 ** 23 - 1)  # 24-bit synapse output
+    y = round_shift(y, exp)  # 24-bit synapse output, as FastConvModelFixed
     cur = y.transpose(2, 1, 0) + bias.reshape(-1, 1, 1)  # + the junction's round(lam * b)
     if np.abs(cur).max() > INPUT_CURRENT_MAX:
         raise ValueError(f"input current {np.abs(cur).max()} (state units) exceeds the 13-bit bias mantissa "
@@ -320,6 +318,7 @@ def run_netx(path: str | os.PathLike, current: np.ndarray, T: int, fast_conv: bo
     window (layer ``i`` records steps ``i + 2 .. i + T + 1`` of the ``T + len(layers)`` steps).
     ``fast_conv`` swaps Lava's stock fixed-point conv model for ``FastConvModelFixed`` (both are
     exact integer convolutions; netx's weight exponent is 0)."""
+    ensure_lava_runtime()
     from lava.lib.dl import netx
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
@@ -333,7 +332,7 @@ def run_netx(path: str | os.PathLike, current: np.ndarray, T: int, fast_conv: bo
         cur = whc(np.asarray(current))
         if cur.shape != shape:
             raise ValueError(f"input current has shape {tuple(np.asarray(current).shape)}, the input layer "
-                             f"{chw_shape(shape)}")
+                             f"{ir_shape(shape)}")
         net.in_layer.neuron.bias_mant.init = cur.astype(np.int32)
         steps = T + len(net.layers)
         sinks = []

@@ -11,9 +11,12 @@ on Ctrl-C and at interpreter exit.
 from __future__ import annotations
 
 import atexit
+import multiprocessing as mp
 import tempfile
 import time
 import weakref
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from sdm.export.execute import GraphDenoiser
 from sdm.export.ir import SNNGraph
 
 from .builder import LavaGraph, build, whc
+from .lava_runtime import ensure_lava_runtime
 
 MODES = ("floating_pt", "fixed_pt")
 _OPEN: "weakref.WeakSet[LavaDenoiser]" = weakref.WeakSet()
@@ -40,15 +44,34 @@ def _alive(proc) -> bool:
         return False
 
 
+@dataclass
+class RuntimeInternals:
+    """What shutting a Lava runtime down by force needs and Lava keeps private."""
+
+    actors: list[mp.Process]  # the OS process of every Lava process (and of the runtime service)
+    stops: list[Callable[[], object]] = field(default_factory=list)  # shared-memory and watchdog managers
+
+
+def runtime_internals(runtime) -> RuntimeInternals:
+    """The one place that reads Lava's private runtime attributes (lava-nc 0.10).
+
+    Lava has no public API to list a runtime's OS processes or to stop its managers without its
+    message protocol, and that protocol waits forever once a run or a Var set was interrupted
+    half-way or a process died: ``runtime._messaging_infrastructure`` (its ``actors`` and shared
+    memory manager ``smm``) and ``runtime._watchdog_manager`` are read here and nowhere else.
+    ``runtime=None`` (never compiled): nothing to stop."""
+    if runtime is None:
+        return RuntimeInternals(actors=[])
+    infra = runtime._messaging_infrastructure
+    stops = [infra.smm.shutdown] if infra.smm is not None else []
+    return RuntimeInternals(actors=list(infra.actors), stops=stops + [runtime._watchdog_manager.stop])
+
+
 def _force_stop(runtime) -> None:
     """End a Lava runtime without its message protocol: terminate (then kill) every Lava process,
     then shut down its shared-memory and watchdog managers."""
-    import multiprocessing as mp
-
-    if runtime is None:
-        return
-    infra = runtime._messaging_infrastructure
-    actors = [a for a in infra.actors if _alive(a)]
+    internals = runtime_internals(runtime)
+    actors = [a for a in internals.actors if _alive(a)]
     for a in actors:
         a.terminate()
     for a in actors:
@@ -56,10 +79,9 @@ def _force_stop(runtime) -> None:
         if _alive(a):
             a.kill()
             mp.Process.join(a, 5)
-    for stop in (infra.smm.shutdown if infra.smm is not None else None, runtime._watchdog_manager.stop):
+    for stop in internals.stops:
         try:
-            if stop is not None:
-                stop()
+            stop()
         except Exception:
             pass
 
@@ -74,6 +96,7 @@ class LavaNetwork:
                  record_spikes: bool = True, threshold_scale: float = 1.0, plan=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        ensure_lava_runtime()
         if mode == "fixed_pt" and plan is None:
             from .fixed_point import FixedPointPlan
 
@@ -120,7 +143,7 @@ class LavaNetwork:
         _OPEN.discard(self)
         if self.compiled:
             runtime = self.net.source.runtime
-            actors = runtime._messaging_infrastructure.actors if runtime is not None else []
+            actors = runtime_internals(runtime).actors
             # A run or Var set interrupted half-way (Ctrl-C, an error) leaves the runtime's message
             # exchange out of step, and a dead process never answers: Lava's stop() would wait forever.
             if self._in_lava or not all(_alive(a) for a in actors):
@@ -209,7 +232,6 @@ class LavaNetwork:
             s = s.reshape(self.batch, self.T, *s.shape[1:])
             self.last_counts[n] = np.abs(s).reshape(self.batch, self.T, -1).sum(axis=2).astype(np.int64)  # events
             self.last_spikes[n] = s.transpose(1, 0, 2, 3, 4)
-
 
 
 class LavaDenoiser(LavaNetwork):

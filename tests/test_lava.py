@@ -8,6 +8,9 @@
   graph; so do the plain spiking CNNs (no host side) through :class:`LavaNetwork`.
 * Lava runs one OS process per Lava process: leaving a ``with`` block, an error, a bad
   input and Ctrl-C all leave no process behind.
+* The builder's passes (without compiling): its process table, the convs' read windows and
+  delay lines; the one rounding shift of the fixed-point models; and ``fixed_point`` imports
+  without Lava.
 
 Everything runs under a deadline (SIGALRM; Ctrl-C test: subprocess timeouts), so a hung
 Lava runtime fails the test instead of hanging the suite.  Runtime about 2 min on 2 cores.
@@ -22,7 +25,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,14 +32,21 @@ import torch
 from torch.nn import functional as F
 
 from sdm.export.execute import GraphDenoiser, GraphModule
+from sdm.export.ir import AnalogInput, Conv, IFNeurons, Output
 from sdm.export.lower import lower_unet
-from sdm.neuromorphic.builder import lava_conv_weight, whc
-from sdm.neuromorphic.lava_models.conv_model import FastConvModelFloat, conv_whc, correlation_weight
+from sdm.neuromorphic.builder import build, ir_shape, lava_conv_weight, lava_shape, whc
+from sdm.neuromorphic.fixed_point import STATE_MAX, STATE_MIN, round_shift
+from sdm.neuromorphic.lava_models.conv_model import (
+    READ_WINDOW,
+    FastConvModelFloat,
+    ReadWindow,
+    conv_whc,
+    correlation_weight,
+)
 from sdm.neuromorphic.simulator import LavaDenoiser, LavaNetwork
 from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
+from sdm.testing.weights import randomise
 from sdm.train.unet import SpikingUNet, UNetConfig
-
-from test_export import randomise
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc"),
@@ -275,7 +284,8 @@ def test_unet_eps_close(unet_runs):
     # the two calls really differ (other t, other x): the second is no replay of the first
     a, b = unet_runs["runs"]
     assert (a["h"] - b["h"]).abs().max() > 0.1
-    assert sum(int((torch.from_numpy(a["spikes"][n]) != torch.from_numpy(b["spikes"][n])).sum()) for n in a["spikes"]) > 0
+    differ = (int((torch.from_numpy(a["spikes"][n]) != torch.from_numpy(b["spikes"][n])).sum()) for n in a["spikes"])
+    assert sum(differ) > 0
 
 
 def test_unet_counts_are_spike_sums(unet_runs):
@@ -400,9 +410,8 @@ import signal, sys, warnings
 # passes an ignored SIGINT down to every child.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 warnings.filterwarnings("ignore")
-sys.path.insert(0, {tests!r})
 import numpy as np, torch
-from test_export import randomise
+from sdm.testing.weights import randomise
 from sdm.export.lower import lower_unet
 from sdm.neuromorphic.simulator import LavaDenoiser
 from sdm.train.unet import SpikingUNet, UNetConfig
@@ -425,7 +434,7 @@ def test_ctrl_c_leaves_no_processes(tmp_path, target):
     """SIGINT while the simulator loops over calls: to the Python process only, or to its whole
     process group as a terminal's Ctrl-C does (then every Lava process gets it too)."""
     script = tmp_path / "loop.py"
-    script.write_text(textwrap.dedent(CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent), cfg=SMALLEST)))
+    script.write_text(textwrap.dedent(CTRL_C_SCRIPT.format(cfg=SMALLEST)))
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen([sys.executable, str(script)], stdout=fo, stderr=fe, start_new_session=True,
@@ -465,3 +474,84 @@ def test_ctrl_c_leaves_no_processes(tmp_path, target):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+# ----- (d) the builder's passes, the fixed-point shift, Lava-free imports --------------------
+def test_fixed_point_imports_without_lava():
+    code = ("import sys, sdm.neuromorphic.fixed_point, sdm.neuromorphic; "
+            "assert not any(m.startswith('lava') for m in sys.modules), sorted(m for m in sys.modules if 'lava' in m)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_round_shift_rounds_half_up_and_clamps_to_24_bits():
+    y = np.array([-7, -6, -5, -3, -2, -1, 0, 1, 2, 3, 5, 6, 7, 2 ** 30, -(2 ** 30)], dtype=np.int64)
+    for exp in (-3, -2, -1):
+        k = 2 ** -exp
+        want = np.clip([(int(v) + k // 2) // k for v in y], STATE_MIN, STATE_MAX)  # floor(y / k + 1/2)
+        got = round_shift(y, exp)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want, err_msg=f"exp {exp}")
+    np.testing.assert_array_equal(round_shift(y[:-2], 2), y[:-2] * 4)
+    np.testing.assert_array_equal(round_shift(y, 0), np.clip(y, STATE_MIN, STATE_MAX))
+    assert round_shift(np.array([-3]), -1)[0] == -1 and round_shift(np.array([3]), -1)[0] == 2  # ties go up
+    assert (STATE_MIN, STATE_MAX) == (-(2 ** 23), 2 ** 23 - 1)
+
+
+def test_layout_shapes():
+    assert lava_shape((3, 5, 7)) == (7, 5, 3) and ir_shape((7, 5, 3)) == (3, 5, 7)
+    assert whc(np.zeros((3, 5, 7))).shape == lava_shape((3, 5, 7))
+
+
+@pytest.fixture(scope="module")
+def built_unet(tmp_path_factory):
+    """The tiny UNet's process graph, built (not compiled: no OS process starts), batch 2."""
+    graph = _graph(TINY)
+    return graph, build(graph, TINY["T"], str(tmp_path_factory.mktemp("probes")), batch=2)
+
+
+def test_build_passes(built_unet):
+    graph, net = built_unet
+    T, B = TINY["T"], 2
+    assert net.window == B * T and net.run_length % net.window == 0
+    assert net.run_length >= net.window + net.depth[net.output]
+    # one process per node but the Output, the shared temb RingBuffer, one per delay line
+    nodes = [n for n in graph.nodes.values() if not isinstance(n, Output)]
+    assert set(net.procs) == {n.name for n in nodes}
+    assert net.temb_source is not None
+    assert net.num_processes == len(nodes) + 1 + len(net.delays) and net.delays
+    assert set(net.neurons) == {n.name for n in graph.of_type(IFNeurons)}
+    assert set(net.probes) == set(net.neurons) | {net.output}
+    for name, node in graph.nodes.items():
+        if isinstance(node, Conv):  # the explicit read-window parameter of the fast conv models
+            assert net.procs[name].proc_params[READ_WINDOW] == ReadWindow(net.depth[name], net.window, net.run_length)
+    for w in net.wires:  # every delay closes the gap to the destination's depth
+        if w.line is not None:
+            conv = isinstance(graph.nodes[w.dst], Conv)
+            assert w.delay == net.depth[w.dst] - net.depth[w.src] - conv > 0
+            assert w.line.proc_params["delay"] == w.delay
+    kinds = {type(p).__name__ for p in net.procs.values()}
+    assert {"RingBuffer", "ChannelDense", "Conv", "RecordingLIFReset", "AnalogJunction"} <= kinds
+
+
+def test_build_table(built_unet):
+    graph, net = built_unet
+    table = str(net)
+    assert table == net.table()
+    lines = table.splitlines()
+    header, rule, rows, footer = lines[0], lines[1], lines[2:-1], lines[-1]
+    assert header.split()[:5] == ["name", "process", "shape", "depth", "lat"] and set(rule) <= {"-", " "}
+    assert len(rows) == len(net.procs) + 1  # + the temb source; delay lines are listed on their consumers
+    assert sum(r.count("+") for r in rows) == len(net.delays)
+    by_name = {r.split()[0]: r.split() for r in rows}
+    image = next(n.name for n in graph.of_type(AnalogInput) if n.kind == "image")
+    assert by_name[image][1:5] == ["RingBuffer", "x".join(map(str, lava_shape(graph.nodes[image].shape))), "0", "0"]
+    for name, node in graph.nodes.items():
+        if isinstance(node, Conv):
+            assert by_name[name][1] == "Conv" and by_name[name][4] == "1"  # a synapse: one step of latency
+            assert by_name[name][3] == str(net.depth[name])
+        elif isinstance(node, IFNeurons):
+            assert by_name[name][1:3] == ["RecordingLIFReset", "x".join(map(str, lava_shape(node.shape)))]
+            assert by_name[name][4] == "0"
+    assert footer.startswith(f"{net.num_processes} Lava processes ({len(net.delays)} delay lines); {net.run_length} ")

@@ -10,14 +10,20 @@ import torch
 
 from sdm.export.lower import lower_unet
 from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
+from sdm.testing.weights import randomise  # trained-looking BatchNorm statistics
 from sdm.train.unet import SpikingUNet
 
 pytest.importorskip("lava.lib.dl.netx")
 
 from sdm.neuromorphic.builder import lava_conv_weight  # noqa: E402
-from sdm.neuromorphic.netx_export import (NetxExportError, NetxPlan, first_layer_current, is_sequential,  # noqa: E402
-                                          run_netx, write_netx_hdf5)
-from test_export import randomise  # noqa: E402  (trained-looking BatchNorm statistics)
+from sdm.neuromorphic.netx_export import (  # noqa: E402
+    NetxExportError,
+    NetxPlan,
+    first_layer_current,
+    is_sequential,
+    run_netx,
+    write_netx_hdf5,
+)
 
 T = 4
 # three IF groups: netx gets an input layer and two conv layers, one of them strided

@@ -5,9 +5,17 @@ pair, about 30 us each at 32x32; this model gathers the receptive fields once (a
 view, no Python loop over channels) and does a single BLAS product.  Same process, same
 ports and Vars, same one-step latency and the same (true) convolution, so spikes and
 currents equal the stock model's (tests/test_lava.py checks it against ``PyConvModelFloat``).
+
+Window gating: the process parameter ``read_window`` (:data:`READ_WINDOW`), a
+:class:`ReadWindow` set with :func:`set_read_window` (the builder does, for every conv), names
+the steps whose output some consumer reads after latency alignment; outside it the model skips
+the product and sends zeros.  A ``Conv`` without it (Lava's own, netx's, ``None``) computes
+every step.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -17,6 +25,29 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv.process import Conv
+
+from sdm.neuromorphic.fixed_point import round_shift
+
+READ_WINDOW = "read_window"  # the process parameter of a Conv the fast models read (module docstring)
+
+
+class ReadWindow(NamedTuple):
+    """The output steps of a conv that its consumers read: local steps ``start .. start + length - 1``
+    of every run of ``run_length`` Lava steps (local step = ``time_step mod run_length``)."""
+
+    start: int
+    length: int
+    run_length: int
+
+    def is_read(self, time_step: int) -> bool:
+        """Whether a result sent at ``time_step`` (a Lava step, from 1) falls inside the window."""
+        return self.start <= time_step % self.run_length < self.start + self.length
+
+
+def set_read_window(conv: Conv, window: ReadWindow | None) -> None:
+    """Give ``conv`` its read window (``None``: compute every step); read by :class:`FastConvModelFloat`
+    and :class:`FastConvModelFixed` when the process is compiled."""
+    conv.proc_params.overwrite(READ_WINDOW, window)
 
 
 def correlation_weight(lava_weight: np.ndarray) -> np.ndarray:
@@ -54,19 +85,13 @@ class _FastConvBase(PyLoihiProcessModel):
             raise NotImplementedError("fast conv model: dilation 1 and groups 1 only")
         self._wmat = correlation_weight(np.asarray(self.weight, dtype=self._dtype))
         self._zeros = self._buf = np.zeros(self.a_out.shape, dtype=self._dtype)
-        # (first step, steps, run length) of the output window the consumers read, if the builder gave one
-        try:
-            self._read_window = self.proc_params["read_window"]
-        except KeyError:
-            self._read_window = None
+        window = self.proc_params.get(READ_WINDOW)  # set by set_read_window; absent on a plain Conv
+        self._read_window = None if window is None else ReadWindow(*window)
 
     def _output_unread(self) -> bool:
-        """Whether what this step computes (sent next step) falls outside the window any consumer reads."""
-        if self._read_window is None:
-            return False
-        start, length, run_length = self._read_window
-        nxt = self.time_step % run_length  # local step (0-based) at which this step's result is sent
-        return not start <= nxt < start + length
+        """Whether what this step computes (sent next step, local step ``time_step mod run_length``)
+        falls outside the window any consumer reads."""
+        return self._read_window is not None and not self._read_window.is_read(self.time_step)
 
     def run_spk(self) -> None:
         if not hasattr(self, "_wmat"):
@@ -80,12 +105,10 @@ class _FastConvBase(PyLoihiProcessModel):
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)
         y = conv_whc(s_in.astype(self._dtype), self._wmat, self.kernel_size, self.stride, self.padding)
-        self._buf = self.clamp(self.scale(y))
+        self._buf = self.finish(y)
 
-    def scale(self, y):
-        return y
-
-    def clamp(self, y):
+    def finish(self, y):
+        """The synapse output from the weight sum (float: the sum itself)."""
         return y
 
 
@@ -114,11 +137,6 @@ class FastConvModelFixed(_FastConvBase):
     weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
     _dtype = np.int64
 
-    def scale(self, y):
+    def finish(self, y):
         e = int(self.weight_exp.item()) if np.ndim(self.weight_exp) else int(self.weight_exp)
-        if e >= 0:
-            return y << e
-        return (y + (1 << (-e - 1))) >> -e
-
-    def clamp(self, y):
-        return np.clip(y, -(2 ** 23), 2 ** 23 - 1).astype(np.int32)
+        return round_shift(y, e).astype(np.int32)

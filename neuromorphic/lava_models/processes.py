@@ -32,6 +32,8 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.lif.models import AbstractPyLifModelFixed, AbstractPyLifModelFloat
 from lava.proc.lif.process import LIFReset
 
+from sdm.neuromorphic.fixed_point import round_shift
+
 
 def open_probe(path: str) -> np.ndarray:
     """A probe file made by the host with ``np.lib.format.open_memmap``, opened for writing.
@@ -408,6 +410,4 @@ class PyChannelDenseFixed(_PyChannelDense):
     _dtype = np.int64
 
     def scale(self, y):
-        e = int(self.weight_exp[0])
-        y = y << e if e >= 0 else (y + (1 << (-e - 1))) >> -e
-        return np.clip(y, -(2 ** 23), 2 ** 23 - 1).astype(np.int32)
+        return round_shift(y, int(self.weight_exp[0])).astype(np.int32)

@@ -9,11 +9,11 @@ def add_parser(sub):
     p = sub.add_parser("simulate", help="run denoising steps of a NIR model in Lava (CPU)",
                        description="Build Lava processes from MODEL.nir, compile once, run K denoising steps with "
                                    "the diffusion arithmetic on the host, and compare every call with PyTorch.",
-                       parents=[options.seed(), options.threads("CPU threads for torch (the PyTorch reference)")])
+                       parents=[options.sampler(None, eta=False), options.seed(),
+                                options.threads("CPU threads for torch (the PyTorch reference)")])
     p.add_argument("nir_file", metavar="MODEL.nir")
-    p.add_argument("--denoise-steps", type=int, default=4, help="number of denoiser calls K")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
-                   help="ddim: a K-step DDIM schedule; ddpm: the first K ancestral steps")
+    p.add_argument("--denoise-steps", type=int, default=4,
+                   help="number of denoiser calls K: a K-step schedule of the sampler; ddpm: its first K steps")
     p.add_argument("--mode", choices=["floating_pt", "fixed_pt"], default="floating_pt")
     p.add_argument("-n", type=int, default=1, help="images, pipelined through the network as one batch")
     p.add_argument("--threshold-scale", type=float, default=1.0)
@@ -27,7 +27,7 @@ def run(a) -> None:
 
     options.apply_threads(a)
     r = simulate(a.nir_file, a.out, denoise_steps=a.denoise_steps, n=a.n, sampler=a.sampler, mode=a.mode,
-                 seed=a.seed, threshold_scale=a.threshold_scale)
+                 seed=a.seed, threshold_scale=a.threshold_scale, order=a.order)
     per_call = r["seconds_per_call_after_first"]
     print(f"{r['mode']}: {r['denoise_steps']} denoiser calls x {r['images']} image(s), {r['lava_processes']} Lava "
           f"processes, {r['lava_steps_per_call']} Lava steps per call; compile + first call "

@@ -14,7 +14,7 @@ def add_parser(sub):
                                    "subtraction, signed spikes unless --unsigned (docs/conversion.md).",
                        parents=[options.seed(), options.threads(),
                                 options.no_ema("convert raw weights even if EMA weights exist"),
-                                options.batch_size(16, "fine-tuning batch size")])
+                                options.batch_size(16, "fine-tuning batch size"), options.force()])
     p.add_argument("model", metavar="QANN.pt")
     p.add_argument("--out", required=True, metavar="SNN.pt")
     p.add_argument("--unsigned", action="store_true",
@@ -36,8 +36,11 @@ def run(a) -> None:
     options.apply_threads(a)
     if a.finetune_steps < 0:
         raise UserError("--finetune-steps must be >= 0")
-    if a.finetune_steps and not a.finetune_lr > 0:
-        raise UserError("--finetune-lr must be > 0")
+    if a.finetune_steps:
+        options.check_float(a.finetune_lr, "--finetune-lr", low=0.0, low_open=True)
+    from sdm.paths import check_output
+
+    check_output(a.out, "--out", "converted", inputs=[("QANN.pt", a.model)], force=a.force)
     ckpt = load_checkpoint(a.model)
     out = convert_qann(ckpt, use_ema=not a.no_ema, source=a.model, signed=not a.unsigned)
     msg = ""

@@ -28,7 +28,9 @@ def add_parser(sub):
                        parents=[options.seed(help="seed of the sample grid, the Lava run and the energy trajectory "
                                                   "(a --train-steps run keeps the training default)"),
                                 options.threads(),
-                                options.no_ema("use the checkpoint's raw weights instead of its EMA")])
+                                options.no_ema("use the checkpoint's raw weights instead of its EMA"),
+                                options.force("replace a trained run in DIR/train (--train-steps) or files of "
+                                              "another kind at the demo's output paths")])
     p.add_argument("--out", default="demo_out", help="output directory")
     p.add_argument("--model", default=str(DEMO_CHECKPOINT), help="checkpoint to demonstrate")
     p.add_argument("--train-steps", type=int, default=0,
@@ -42,7 +44,7 @@ def add_parser(sub):
 
 def run(a) -> None:
     options.apply_threads(a)
-    out = Path(a.out)
+    out = _check(a)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model_path = _model(a, out)
@@ -51,6 +53,34 @@ def run(a) -> None:
     _lava(a, out)
     _energy(a, model_path, out)
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}/")
+
+
+# the files the demo writes in --out DIR, and their kinds (sdm.paths)
+OUTPUTS = {"samples.png": "png", "demo.nir": "nir", "energy.txt": "text", "energy.png": "png"}
+
+
+def _check(a) -> Path:
+    """Options and output paths, before anything runs; returns the output directory."""
+    from sdm.errors import UserError
+    from sdm.paths import check_directory, check_output, check_run_dir
+
+    for flag, value, low in (("-n", a.n, 1), ("--sample-steps", a.sample_steps, 1),
+                             ("--lava-steps", a.lava_steps, 0), ("--train-steps", a.train_steps, 0)):
+        options.check_int(value, flag, low)
+    trains = bool(a.train_steps) or not Path(a.model).exists()
+    if not a.model:
+        raise UserError("--model: empty path")
+    inputs = [] if trains else [("--model", a.model)]
+    out = check_directory(a.out, "--out", inputs=inputs)
+    for name, kind in OUTPUTS.items():
+        check_output(out / name, "--out", kind, inputs=inputs, force=a.force)
+    if a.lava_steps > 0:
+        from .simulate import check_outputs
+
+        check_outputs(out / "lava", out / "demo.nir", a.force)
+    if trains:
+        check_run_dir(out / "train", "--out", force=a.force)
+    return out
 
 
 def _model(a, out: Path) -> Path:
@@ -64,8 +94,12 @@ def _model(a, out: Path) -> Path:
 
     steps = a.train_steps or 300
     print(f"[1/5] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
-    summary = train(out / "train", UNetConfig.from_dict(DEMO_MODEL),
-                    TrainConfig.from_dict({**DEMO_TRAIN, "steps": steps}), device="cpu")
+    from sdm.paths import check_run_dir, run_lock
+
+    with run_lock(out / "train", "--out"):  # as sdm train: one writer per run directory
+        check_run_dir(out / "train", "--out", force=a.force)
+        summary = train(out / "train", UNetConfig.from_dict(DEMO_MODEL),
+                        TrainConfig.from_dict({**DEMO_TRAIN, "steps": steps}), device="cpu")
     hist = summary["history"]
     print(f"      loss {hist[0][1]:.4f} -> {hist[-1][1]:.4f}, {summary['images_per_s']:.1f} img/s")
     return Path(summary["checkpoint"])
@@ -126,10 +160,11 @@ def _lava(a, out: Path) -> None:
 def _energy(a, model_path: Path, out: Path) -> None:
     """Step 5: the energy report of a 4-step DDIM trajectory of 4 images, as a table and a plot."""
     from sdm.energy.report import energy_report, format_table, plot
+    from sdm.files import write_text
 
     print("[5/5] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
     rep = energy_report(model_path, denoise_steps=4, n=4, seed=a.seed, use_ema=not a.no_ema)
     table = format_table(rep)
-    (out / "energy.txt").write_text(table)
+    write_text(out / "energy.txt", table)
     print(table)
     print(f"wrote {out / 'energy.txt'} and {plot(rep, out / 'energy.png')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sdm.errors import UserError
@@ -15,7 +16,7 @@ def add_parser(sub):
                                    "spikes measured on real denoising trajectories (PyTorch) or a Lava run (--sim).",
                        parents=[options.sampler(None, eta=False), options.seed(), options.threads(),
                                 options.no_ema("use raw weights even if EMA weights exist (with --sim: for a run "
-                                               "of a file exported with --no-ema)")])
+                                               "of a file exported with --no-ema)"), options.force()])
     p.add_argument("model", metavar="MODEL.pt")
     p.add_argument("--denoise-steps", type=int, default=4, help="denoiser calls of the measured trajectory")
     p.add_argument("-n", type=int, default=4, help="images in the measured trajectory")
@@ -36,16 +37,38 @@ def run(a) -> None:
     options.apply_threads(a)
     if a.n < 1:
         raise UserError("-n must be >= 1")
+    options.check_int(a.denoise_steps, "--denoise-steps", 1)
+    _check_outputs(a)
     rep = energy_report(a.model, denoise_steps=a.denoise_steps, n=a.n, seed=a.seed, sampler=a.sampler,
                         preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory, use_ema=not a.no_ema,
                         order=a.order)
     text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
+    # standard output holds the report and nothing else; when the report goes to --out, it holds
+    # the list of files written
+    notes = sys.stdout if a.out else sys.stderr
     if a.out:
         from sdm.files import atomic_write
 
         atomic_write(a.out, lambda tmp: Path(tmp).write_text(text))
-        print(f"wrote {a.out}")
+        print(f"wrote {a.out}", file=notes)
     else:
         print(text, end="")
+        sys.stdout.flush()
     if a.plot:
-        print(f"wrote {plot(rep, a.plot)}")
+        print(f"wrote {plot(rep, a.plot)}", file=notes)
+
+
+def _check_outputs(a) -> None:
+    """``--out`` and ``--plot``, before the trajectory runs (sdm.paths)."""
+    from sdm.paths import check_distinct, check_output
+
+    inputs = [("MODEL.pt", a.model)]
+    if a.sim:
+        from sdm.export.spike_record import SPIKES_FILE
+
+        inputs += [("--sim record", Path(a.sim) / SPIKES_FILE), ("--sim report", Path(a.sim) / "report.json")]
+    if a.out is not None:
+        check_output(a.out, "--out", "json" if a.format == "json" else "text", inputs=inputs, force=a.force)
+    if a.plot is not None:
+        check_output(a.plot, "--plot", "png", inputs=inputs, force=a.force)
+    check_distinct([("--out", a.out), ("--plot", a.plot)])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import options
 
 
 def parents() -> list:
     """The shared options of both spellings of the command."""
-    return [options.threads(), options.no_ema("export raw weights even if EMA weights exist")]
+    return [options.threads(), options.no_ema("export raw weights even if EMA weights exist"), options.force()]
 
 
 def add_parser(sub):
@@ -21,7 +23,8 @@ def add_parser(sub):
 def add_arguments(p) -> None:
     """The command's own options, on ``sdm export-nir`` or on the stand-alone script's parser."""
     p.add_argument("model", metavar="MODEL.pt")
-    p.add_argument("-o", "--out", metavar="MODEL.nir", help="output file (default: MODEL.nir beside MODEL.pt)")
+    p.add_argument("-o", "--out", metavar="MODEL.nir",
+                   help="output file (default: MODEL.nir beside MODEL.pt); an existing NIR file there is replaced")
     p.add_argument("--threshold-scale", type=float, default=1.0, help="bake threshold guidance into the neurons")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="weight precision in the file (float64 for bit-level verification)")
@@ -32,8 +35,19 @@ def run(a) -> None:
     from sdm.export.api import export_checkpoint
 
     options.apply_threads(a)
-    s = export_checkpoint(a.model, a.out, threshold_scale=a.threshold_scale, dtype=a.dtype,
+    options.check_threshold_scale(a.threshold_scale)
+    out = _destination(a)
+    s = export_checkpoint(a.model, out, threshold_scale=a.threshold_scale, dtype=a.dtype,
                           use_ema=not a.no_ema, progress=True)
     print(f"wrote {s['path']}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "
           f"{s['neurons']:,} neurons in {s['neuron_groups']} groups, T={s['T']}, {s['bytes'] / 1e6:.2f} MB, "
           f"{s['dtype']}, extensions: {', '.join(s['extensions']) or 'none'} ({s['seconds']:.2f} s)")
+
+
+def _destination(a) -> Path:
+    """``-o`` (which must not be empty), or MODEL.nir beside MODEL.pt; either replaces an existing
+    NIR file (a re-export) but nothing else without --force (sdm.paths)."""
+    from sdm.paths import check_output
+
+    out = Path(a.model).with_suffix(".nir") if a.out is None else a.out
+    return check_output(out, "-o/--out", "nir", inputs=[("MODEL.pt", a.model)], force=a.force)

@@ -11,7 +11,7 @@ def add_parser(sub):
                                    "ema_model) safely, infer the architecture from the tensor shapes and write an "
                                    "ordinary project checkpoint that samples, exports, simulates and prices like "
                                    "any other.",
-                       parents=[options.threads()])
+                       parents=[options.threads(), options.force()])
     p.add_argument("file", metavar="FILE")
     p.add_argument("--from", dest="source", required=True, choices=["sddpm", "sdm"],
                    help="sddpm: Spk_UNet (SDDPM); sdm: Spk_UNet_TSM (SDM, with TSM gains)")
@@ -30,6 +30,11 @@ def run(a) -> None:
     from sdm.train.reference_import import import_reference
 
     options.apply_threads(a)
+    options.check_int(a.T, "--T", 1)
+    options.check_img_size(a.img_size)
+    from sdm.paths import check_output
+
+    check_output(a.out, "--out", "imported", inputs=[("FILE", a.file)], force=a.force)
     payload = import_reference(a.file, a.source, T=a.T, img_size=a.img_size, ema=a.ema)
     save_checkpoint(a.out, payload)
     c, src = payload["model_config"], payload["imported_from"]

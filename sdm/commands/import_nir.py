@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sdm.errors import UserError
+
 from . import options
 
 
@@ -11,7 +13,7 @@ def add_parser(sub):
                                    "layer by layer with the checkpoint it came from, or sample a grid with it.",
                        parents=[options.seed(), options.threads(),
                                 options.no_ema("compare with the checkpoint's raw weights "
-                                               "(for files exported with --no-ema)")])
+                                               "(for files exported with --no-ema)"), options.force()])
     p.add_argument("nir_file", metavar="MODEL.nir")
     p.add_argument("--compare", metavar="MODEL.pt", help="check spikes and eps against this checkpoint")
     p.add_argument("--sample", metavar="GRID.png", help="sample a grid with the imported denoiser")
@@ -26,6 +28,14 @@ def run(a) -> None:
     from sdm.export.api import graph_summary, import_nir
 
     options.apply_threads(a)
+    if a.n < 1:
+        raise UserError("-n must be >= 1")
+    options.check_int(a.steps, "--steps", 1)
+    if a.sample is not None:
+        from sdm.paths import check_output
+
+        check_output(a.sample, "--sample", "png", inputs=[("MODEL.nir", a.nir_file), ("--compare", a.compare)],
+                     force=a.force)
     den = import_nir(a.nir_file, dtype=a.dtype)
     s = graph_summary(den.graph)
     print(f"{a.nir_file}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "

@@ -13,12 +13,13 @@ def add_parser(sub):
                                    "grid of timesteps (Analytic-DPM, Bao et al. 2022); stored in the checkpoint "
                                    "(and from there in exported NIR files) for --sampler analytic-ddpm|analytic-ddim.",
                        parents=[options.seed(), options.threads(), options.device(), options.no_ema(),
-                                options.batch_size()])
+                                options.batch_size(), options.force()])
     p.add_argument("model", metavar="MODEL.pt")
     p.add_argument("--data", help="training data (default: the model's)")
     p.add_argument("-n", type=int, default=256, help="images per timestep")
     p.add_argument("--points", type=int, default=100, help="timesteps of the grid (interpolated in between)")
-    p.add_argument("--out", metavar="MODEL.pt", help="write a copy with the moments (default: update MODEL.pt)")
+    p.add_argument("--out", metavar="MODEL.pt", help="write a copy with the moments (default: update MODEL.pt "
+                                                     "in place, atomically)")
     p.set_defaults(func=run)
     return p
 
@@ -35,7 +36,9 @@ def run(a) -> None:
     options.apply_threads(a)
     if a.n < 2:
         raise UserError("-n must be >= 2")
+    options.check_int(a.points, "--points", 2)
     device = options.pick_device(a)
+    _check_out(a)
     model, diffusion, ckpt = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device)
     spec = a.data or model_data_spec(ckpt)
     if not spec:
@@ -53,3 +56,15 @@ def run(a) -> None:
                           "moments": m.to_dict()})
     print(f"wrote {out}: Gamma_t at {len(grid)} timesteps from {len(images)} images of {spec} "
           f"(Gamma 999 = {m.at(999):.4f}, 500 = {m.at(500):.4f}, 0 = {m.at(0):.4f})")
+
+
+def _check_out(a) -> None:
+    """``--out`` absent or MODEL.pt itself: the documented in-place update; else a new file, or one
+    holding no trained run (sdm.paths)."""
+    from sdm.paths import check_file_name, check_output, same_path
+
+    if a.out is None:
+        return
+    if same_path(check_file_name(a.out, "--out"), a.model):
+        return  # the same as the default: MODEL.pt rewritten atomically with its moments added
+    check_output(a.out, "--out", "checkpoint", force=a.force)

@@ -10,6 +10,7 @@ the command's own options.  Nothing here imports torch until a command runs.
 from __future__ import annotations
 
 import argparse
+import math
 
 from sdm.errors import UserError
 
@@ -77,6 +78,12 @@ def no_ema(help: str = "use raw weights even if EMA weights exist") -> argparse.
     return _parent("--no-ema", action="store_true", help=help)
 
 
+def force(help: str = "replace an existing output that this command would otherwise refuse to replace "
+                       "(a trained run, a file of another kind); docs/failure-behaviour.md") -> argparse.ArgumentParser:
+    """``--force``: replace what the output-path rules (:mod:`sdm.paths`) protect."""
+    return _parent("--force", action="store_true", help=help)
+
+
 def batch_size(default: int | None = 64, help: str | None = None) -> argparse.ArgumentParser:
     """``--batch-size`` (default 64; ``sdm train`` passes None: the configuration's)."""
     return _parent("--batch-size", type=_int_at_least(1), default=default, help=help)
@@ -104,6 +111,52 @@ def sampler(steps: int | None = 50, steps_flag: str = "--steps",
     return p
 
 
+# ----- range checks (in the command, so that they are one-line errors like every other) ---------
+def check_int(value: int | None, flag: str, low: int | None = None, high: int | None = None) -> None:
+    """``low <= value <= high`` (None: that side unbounded; a None value is not checked)."""
+    if value is None:
+        return
+    if low is not None and value < low:
+        raise UserError(f"{flag} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise UserError(f"{flag} must be <= {high}, got {value}")
+
+
+def check_float(value: float | None, flag: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """A finite ``value`` within the bounds (``low_open``: ``value > low``); None is not checked."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise UserError(f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise UserError(f"{flag} must be {'<' if high_open else '<='} {high:g}, got {value:g}")
+
+
+MAX_IMG_SIZE = 1024  # pixels per side: a bound on memory and run time, not a property of the model
+
+
+def check_img_size(value: int | None, flag: str = "--img-size", levels: int | None = None) -> None:
+    """``1 <= value <= MAX_IMG_SIZE`` and, for a UNet with ``levels`` down-samplings, a multiple of
+    ``2^levels``."""
+    check_int(value, flag, 1, MAX_IMG_SIZE)
+    if value is not None and levels and value % 2 ** levels:
+        raise UserError(f"{flag} {value}: must be a multiple of 2^{levels} = {2 ** levels} "
+                        f"(the UNet halves it {levels} times)")
+
+
+def check_threshold_scale(value: float | None, flag: str = "--threshold-scale") -> None:
+    """Threshold guidance ``theta' = S * theta``: a finite ``S > 0``."""
+    check_float(value, flag, low=0.0, low_open=True)
+
+
+def check_sampler(a: argparse.Namespace) -> None:
+    """``--eta`` (when the command has it): finite and >= 0."""
+    check_float(getattr(a, "eta", None), "--eta", low=0.0)
+
+
 # ----- helpers -------------------------------------------------------------------------------
 def apply_threads(a: argparse.Namespace) -> None:
     """Apply ``--threads`` (when given and non-zero) to torch."""
@@ -121,12 +174,20 @@ def pick_device(a: argparse.Namespace) -> str:
 
 
 def check_device(name: str | None) -> str | None:
-    """``name`` unchanged if torch knows the device type (``cpu``, ``cuda``, ``cuda:1`` ...); None stays None."""
+    """``name`` unchanged if torch knows the device type (``cpu``, ``cuda``, ``cuda:1`` ...) and, for
+    cuda, the machine has that device; None stays None."""
     import torch
 
-    if name is not None:
-        try:
-            torch.device(name)
-        except RuntimeError:
-            raise UserError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:N, ...)") from None
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:N, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device available")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {name}: no such CUDA device ({count} available: cuda:0..cuda:{count - 1})")
     return name

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from sdm.errors import UserError
+
 from . import options
+
+# what `sdm simulate --out DIR` writes there, and the kind of each (sdm.paths)
+OUTPUTS = {"samples.png": "png", "reference.png": "png", "spikes.h5": "hdf5", "report.json": "json"}
 
 
 def add_parser(sub):
@@ -10,7 +17,7 @@ def add_parser(sub):
                        description="Build Lava processes from MODEL.nir, compile once, run K denoising steps with "
                                    "the diffusion arithmetic on the host, and compare every call with PyTorch.",
                        parents=[options.sampler(None, eta=False), options.seed(),
-                                options.threads("CPU threads for torch (the PyTorch reference)")])
+                                options.threads("CPU threads for torch (the PyTorch reference)"), options.force()])
     p.add_argument("nir_file", metavar="MODEL.nir")
     p.add_argument("--denoise-steps", type=int, default=4,
                    help="number of denoiser calls K: a K-step schedule of the sampler; ddpm: its first K steps")
@@ -26,6 +33,11 @@ def run(a) -> None:
     from sdm.neuromorphic.run import simulate  # loads Lava: only this command does
 
     options.apply_threads(a)
+    if a.n < 1:
+        raise UserError("-n must be >= 1")
+    options.check_int(a.denoise_steps, "--denoise-steps", 1)
+    options.check_threshold_scale(a.threshold_scale)
+    check_outputs(a.out, a.nir_file, a.force)
     r = simulate(a.nir_file, a.out, denoise_steps=a.denoise_steps, n=a.n, sampler=a.sampler, mode=a.mode,
                  seed=a.seed, threshold_scale=a.threshold_scale, order=a.order)
     per_call = r["seconds_per_call_after_first"]
@@ -37,3 +49,13 @@ def run(a) -> None:
           f"max eps error {max(r['eps_max_abs_err_per_call']):.2e}, final image max error "
           f"{r['final_image_max_abs_err']:.2e}")
     print(f"wrote {a.out}/samples.png, reference.png, spikes.h5, report.json")
+
+
+def check_outputs(out_dir, nir_file, force: bool, option: str = "--out") -> Path:
+    """The output directory and the files the run writes in it, before Lava starts (sdm.paths)."""
+    from sdm.paths import check_directory, check_output
+
+    out = check_directory(out_dir, option, inputs=[("MODEL.nir", nir_file)])
+    for name, kind in OUTPUTS.items():
+        check_output(out / name, option, kind, inputs=[("MODEL.nir", nir_file)], force=force)
+    return out

@@ -18,9 +18,12 @@ def add_parser(sub):
     p = sub.add_parser("train", help="train the spiking UNet (or resume / TSM-fine-tune it)",
                        description="Train the spiking UNet denoiser; writes DIR/model.pt atomically.",
                        parents=[options.seed(default=None), options.threads(), options.device(),
-                                options.batch_size(default=None)])
+                                options.batch_size(default=None),
+                                options.force("replace a run already in --out DIR (its model.pt): a fresh run, "
+                                              "or --resume of another checkpoint")])
     p.add_argument("--data", help="mnist-bundled | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | folder:DIR")
-    p.add_argument("--out", help="output directory (default: the resumed checkpoint's directory)")
+    p.add_argument("--out", help="output directory (default: the resumed checkpoint's directory); DIR/.lock "
+                                 "keeps a second sdm train out while this one runs")
     p.add_argument("--config", help="JSON file with 'model', 'train' and 'diffusion' sections")
     p.add_argument("--resume", metavar="MODEL.pt", help="continue from a checkpoint")
     p.add_argument("--tsm", action="store_true", help="temporal-wise spiking mechanism fine-tuning stage")
@@ -39,7 +42,8 @@ def add_parser(sub):
     p.add_argument("--ch-mult", type=options.ints, help="e.g. 1,2,2,4")
     p.add_argument("--num-res-blocks", type=int)
     p.add_argument("--T", type=int, help="spiking steps per denoiser call")
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--img-size", type=int, help=f"image size, at most {options.MAX_IMG_SIZE} and a multiple of "
+                                                "2^(levels - 1) of --ch-mult")
     p.add_argument("--model", choices=["snn", "ann", "qann"],
                    help="snn: the spiking UNet (default); ann: the same UNet with an analog activation "
                         "(runs with T=1); qann: quantised-ReLU ANN for `sdm convert`")
@@ -64,10 +68,13 @@ def model_kind(a) -> dict:
 
 def run(a) -> None:
     options.apply_threads(a)
+    _check_options(a)
+    device = options.check_device(a.device)
     overrides = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
     model_over = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     model_over.update(model_kind(a))
-    summary = _resume(a, overrides, model_over) if a.resume else _fresh(a, overrides, model_over)
+    out, start = _resume(a, overrides, model_over, device) if a.resume else _fresh(a, overrides, model_over, device)
+    summary = _locked(a, out, start)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 writes and reports
     if not summary["trained_steps"]:
@@ -79,8 +86,68 @@ def run(a) -> None:
           f"{summary['images_per_s']:.1f} img/s{loss})")
 
 
-def _resume(a, overrides: dict, model_over: dict) -> dict:
-    """``--resume MODEL.pt`` (with ``--tsm``: a fine-tuning stage beside the base model)."""
+def _check_options(a) -> None:
+    """The range checks of the command-line options (a configuration file's values: :func:`_check_config`)."""
+    options.check_int(a.steps, "--steps", 1)
+    options.check_float(a.lr, "--lr", low=0.0, low_open=True)
+    options.check_float(a.ema_decay, "--ema-decay", low=0.0, high=1.0, high_open=True)
+    options.check_int(a.ema_bn_batches, "--ema-bn-batches", 0)
+    options.check_float(a.grad_clip, "--grad-clip", low=0.0)
+    options.check_int(a.warmup, "--warmup", 0)
+    options.check_int(a.ckpt_every, "--ckpt-every", 1)
+    options.check_int(a.ch, "--ch", 2)
+    options.check_int(a.num_res_blocks, "--num-res-blocks", 1)
+    options.check_int(a.T, "--T", 1)
+    if a.ch_mult is not None and (not a.ch_mult or min(a.ch_mult) < 1):
+        raise UserError(f"--ch-mult must be positive integers, got {a.ch_mult}")
+    options.check_img_size(a.img_size, levels=len(a.ch_mult) - 1 if a.ch_mult else None)
+
+
+def _check_config(model_dict: dict, train_cfg) -> None:
+    """What UNetConfig and TrainConfig leave open: the image-size bound, finite numbers, a checkpoint
+    and log interval of at least one step."""
+    from sdm.train.unet import UNetConfig
+
+    levels = len(model_dict.get("ch_mult", UNetConfig.ch_mult)) - 1
+    options.check_img_size(model_dict.get("img_size"), "img_size (--img-size)", levels=levels)
+    options.check_int(train_cfg.steps, "steps (--steps)", 1)
+    options.check_int(train_cfg.ckpt_every, "ckpt_every (--ckpt-every)", 1)
+    options.check_int(train_cfg.log_every, "log_every", 1)
+    options.check_int(train_cfg.warmup, "warmup (--warmup)", 0)
+    options.check_float(train_cfg.lr, "lr (--lr)", low=0.0, low_open=True)
+    options.check_float(train_cfg.grad_clip, "grad_clip (--grad-clip)", low=0.0)
+    UNetConfig.from_dict({"img_ch": 1, **model_dict})  # its own checks, before any data is loaded
+
+
+def _check_out(a, out: str) -> None:
+    """The output directory, before anything is loaded: writable, and holding no other run (checked
+    again under the lock, which is what makes it certain)."""
+    from sdm.paths import check_directory, check_run_dir
+
+    label = "--out" if a.out else "output directory"
+    check_directory(out, label, inputs=[("--resume", a.resume), ("--config", a.config)])
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_dir(Path(out), label, resume=a.resume, force=a.force)
+
+
+def _locked(a, out: str, start) -> dict:
+    """``start()`` holding ``out/.lock``, after checking that ``out/model.pt`` may be written (rank 0
+    only: under torchrun the other ranks neither write nor lock)."""
+    from sdm.files import remove_stale_temps
+    from sdm.paths import RUN_FILE, check_run_dir, run_lock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return start()
+    label = "--out" if a.out else "output directory"
+    with run_lock(out, label):
+        check_run_dir(Path(out), label, resume=a.resume, force=a.force)
+        remove_stale_temps(Path(out) / RUN_FILE)  # left by a run killed while saving
+        return start()
+
+
+def _resume(a, overrides: dict, model_over: dict, device: str | None):
+    """``--resume MODEL.pt`` (with ``--tsm``: a fine-tuning stage beside the base model): the output
+    directory (checked) and the training to start."""
     from sdm.train.trainer import train
 
     if model_over or a.config:
@@ -94,11 +161,13 @@ def _resume(a, overrides: dict, model_over: dict) -> dict:
             if a.steps is None:  # inheriting the base run's length would fine-tune for as long as it trained
                 raise UserError("--tsm starts a fine-tuning stage: give its length with --steps N "
                                 "(a small fraction of the base run)")
-    return train(out, resume=a.resume, tsm=a.tsm, overrides=overrides, device=options.check_device(a.device))
+    _check_out(a, out)
+    return out, lambda: train(out, resume=a.resume, tsm=a.tsm, overrides=overrides, device=device)
 
 
-def _fresh(a, overrides: dict, model_over: dict) -> dict:
-    """A new run from ``--config`` and the command-line options."""
+def _fresh(a, overrides: dict, model_over: dict, device: str | None):
+    """A new run from ``--config`` and the command-line options: the output directory (checked) and
+    the training to start."""
     from sdm.train.data import load_dataset
     from sdm.train.diffusion import ScheduleConfig
     from sdm.train.trainer import TrainConfig, load_config_file, train
@@ -108,11 +177,14 @@ def _fresh(a, overrides: dict, model_over: dict) -> dict:
         raise UserError("--tsm fine-tunes a trained model: give it --resume MODEL.pt")
     if not a.out:
         raise UserError("--out DIR is required")
+    _check_out(a, a.out)
     m, t, d = load_config_file(a.config) if a.config else ({}, {}, {})
     train_cfg = TrainConfig.from_dict({**t, **overrides})
     model_dict = {**m, **model_over}
+    _check_config(model_dict, train_cfg)
+    schedule = ScheduleConfig(**d)
     if "img_ch" not in model_dict:  # follow the data set
         model_dict["img_ch"] = load_dataset(train_cfg.data, image_size=model_dict.get("img_size", 32)).channels
     model_cfg = UNetConfig.from_dict(model_dict)
     # device=None: train() picks cuda when available, per rank under torchrun
-    return train(a.out, model_cfg, train_cfg, ScheduleConfig(**d), device=options.check_device(a.device))
+    return a.out, lambda: train(a.out, model_cfg, train_cfg, schedule, device=device)

@@ -12,7 +12,8 @@ def add_parser(sub):
                        description="Train a small CNN classifier on a labelled data set (held-out split for its "
                                    "accuracy) and store it with the data set's reference feature statistics "
                                    "(docs/evaluation.md).",
-                       parents=[options.seed(), options.threads(), options.device(), options.batch_size()])
+                       parents=[options.seed(), options.threads(), options.device(), options.batch_size(),
+                                options.force()])
     p.add_argument("--data", default="mnist-bundled",
                    help="labelled data set: mnist-bundled | mnist:DIR | fashion-mnist:DIR | cifar10:DIR")
     p.add_argument("--out", required=True, metavar="PATH", help="e.g. runs/mnist/classifier.pt (beside model.pt)")
@@ -31,9 +32,13 @@ def run(a) -> None:
     options.apply_threads(a)
     if not 0 < a.holdout < 1:
         raise UserError("--holdout must be between 0 and 1")
-    if not a.lr > 0:
-        raise UserError("--lr must be > 0")
+    options.check_float(a.lr, "--lr", low=0.0, low_open=True)
+    options.check_int(a.steps, "--steps", 1)
+    options.check_img_size(a.img_size)
     device = options.pick_device(a)
+    from sdm.paths import check_output
+
+    check_output(a.out, "--out", "classifier", force=a.force)
     ds = load_dataset(a.data, image_size=a.img_size)
     model, info = train_classifier(ds, a.data, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                                    holdout=a.holdout, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdm.errors import ConfigError
 from sdm.train.moments import checkpoint_moments
 from sdm.train.sampling import model_from_checkpoint
 
@@ -23,18 +25,21 @@ DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.
 def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
                       threshold_scale: float = 1.0, dtype: str = "float32", use_ema: bool = True,
                       progress: bool = False) -> dict:
-    """Export ``model.pt`` to NIR (default ``model.nir`` beside it); returns a summary dict."""
+    """Export ``model.pt`` to NIR (default ``model.nir`` beside it); returns a summary dict.
+
+    The checkpoint is validated on load (:func:`~sdm.train.sampling.model_from_checkpoint`) and the
+    file written atomically, so a refused checkpoint or option leaves no output file."""
     from tqdm.auto import tqdm
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    _check_dtype(dtype)
+    if isinstance(threshold_scale, bool) or not isinstance(threshold_scale, (int, float)) \
+            or not math.isfinite(threshold_scale) or not threshold_scale > 0:
+        raise ConfigError(f"threshold scale must be a positive finite number, got {threshold_scale!r}")
     model_path = Path(model_path)
     out_path = Path(out_path) if out_path else model_path.with_suffix(".nir")
     t0 = time.perf_counter()
-    with tqdm(total=3, desc="export-nir", disable=not progress, leave=False) as bar:
-        bar.set_postfix_str("loading checkpoint")
-        model, _, ckpt = model_from_checkpoint(model_path, use_ema=use_ema)
-        bar.update()
+    model, _, ckpt = model_from_checkpoint(model_path, use_ema=use_ema)  # refused before any progress output
+    with tqdm(total=2, desc="export-nir", disable=not progress, leave=False) as bar:
         bar.set_postfix_str("lowering")
         graph = lower_unet(model, dtype=DTYPES[dtype][0], threshold_scale=threshold_scale,
                            schedule=ckpt.get("diffusion"), moments=checkpoint_moments(ckpt))
@@ -57,6 +62,10 @@ def graph_summary(graph: SNNGraph) -> dict:
 
 def import_nir(path: str | os.PathLike, dtype: str = "float32") -> GraphDenoiser:
     """Rebuild an executable (eval, inference-only) PyTorch denoiser from a NIR file."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    _check_dtype(dtype)
     return GraphDenoiser(read_nir(path), dtype=DTYPES[dtype][1]).eval()
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -12,13 +12,15 @@ delay between nodes.  Shapes are ``(C, H, W)`` without batch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 
-from sdm.errors import GraphError
+from sdm.errors import ConfigError, GraphError
 from sdm.train.diffusion import ScheduleConfig
 from sdm.train.moments import Moments
 from sdm.train.neuron import NeuronParams
@@ -27,10 +29,56 @@ Shape = tuple[int, int, int]
 
 
 def _shape(s) -> Shape:
-    s = tuple(int(v) for v in s)
+    try:
+        if isinstance(s, (str, bytes)) or not all(_is_int(v) for v in s):
+            raise TypeError
+        s = tuple(int(v) for v in s)
+    except TypeError:
+        raise GraphError(f"expected a (C, H, W) shape of integers, got {s!r}") from None
     if len(s) != 3 or min(s) < 1:
         raise GraphError(f"expected a (C, H, W) shape, got {s}")
     return s  # type: ignore[return-value]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _integer(owner: str, name: str, v, low: int) -> int:
+    """``v`` as an int >= ``low``; bools, strings and fractions are refused naming ``owner``'s field ``name``."""
+    if not _is_int(v) or v < low:
+        raise GraphError(f"{owner}: {name} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def _number(owner: str, name: str, v, positive: bool = False) -> float:
+    """``v`` as a finite float (positive when asked); NaN, Inf, bools and strings are refused."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+            or (positive and not v > 0):
+        kind = "a positive finite number" if positive else "a finite number"
+        raise GraphError(f"{owner}: {name} must be {kind}, got {v!r}")
+    return float(v)
+
+
+def _array(owner: str, name: str, a, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
+    """``a`` as a numeric numpy array without NaN or Inf (of ``ndim`` dimensions / ``shape`` when given;
+    ``None`` in ``shape`` matches any size), or a :class:`GraphError` naming ``owner``'s field ``name``."""
+    owner = f"{owner}: " if owner else ""
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a) if isinstance(a, (list, tuple, numbers.Number)) else np.asarray([a], dtype=object)
+        except ValueError:  # a ragged list
+            a = np.asarray([None], dtype=object)
+    if a.dtype.kind not in "fiu":
+        raise GraphError(f"{owner}{name} must be a numeric array, got {a.dtype} data")
+    if ndim is not None and a.ndim != ndim:
+        raise GraphError(f"{owner}{name} must have {ndim} dimension(s), got shape {list(a.shape)}")
+    if shape is not None and (a.ndim != len(shape) or any(w is not None and n != w for n, w in zip(a.shape, shape))):
+        want = ", ".join("*" if w is None else str(w) for w in shape)
+        raise GraphError(f"{owner}{name} has shape {list(a.shape)}, expected [{want}]")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise GraphError(f"{owner}{name} has {'NaN' if np.isnan(a).any() else 'Inf'}")
+    return a
 
 
 @dataclass(frozen=True)
@@ -117,13 +165,18 @@ class Conv(Node):
 
     def __post_init__(self):
         self.in_shape = _shape(self.in_shape)
+        self.weight = _array(self.name, "weight", self.weight)
+        self.bias = _array(self.name, "bias", self.bias)
         if self.weight.ndim != 4 or self.bias.shape != (self.weight.shape[0],):
             raise GraphError(f"{self.name}: weight {self.weight.shape} / bias {self.bias.shape} mismatch")
         if self.weight.shape[1] != self.in_shape[0]:
             raise GraphError(f"{self.name}: weight expects {self.weight.shape[1]} input channels, "
                              f"input has {self.in_shape[0]}")
-        if self.stride < 1 or self.padding < 0:
-            raise GraphError(f"{self.name}: bad stride {self.stride} / padding {self.padding}")
+        self.stride = _integer(self.name, "stride", self.stride, 1)
+        self.padding = _integer(self.name, "padding", self.padding, 0)
+        if min(self.shape) < 1:
+            raise GraphError(f"{self.name}: a {list(self.weight.shape[2:])} kernel with padding {self.padding} "
+                             f"does not fit the input {list(self.in_shape)}")
 
     @property
     def input_shape(self) -> Shape:
@@ -151,6 +204,8 @@ class TemporalAffine(Node):
 
     def __post_init__(self):
         self.out_shape = _shape(self.out_shape)
+        self.gain = _array(self.name, "gain", self.gain)
+        self.offset = _array(self.name, "offset", self.offset)
         if self.gain.ndim != 1 or self.offset.shape != (self.out_shape[0],):
             raise GraphError(f"{self.name}: gain must be (T,) and offset (C,) = ({self.out_shape[0]},), "
                              f"got {self.gain.shape} and {self.offset.shape}")
@@ -179,6 +234,7 @@ class IFNeurons(Node):
     params: NeuronParams = field(default_factory=NeuronParams)
 
     def __post_init__(self):
+        self.threshold = _array(self.name, "threshold", self.threshold)
         if self.threshold.ndim != 3 or not np.all(self.threshold > 0):
             raise GraphError(f"{self.name}: threshold must be a positive (C, H, W) array")
         if not isinstance(self.params, NeuronParams):
@@ -209,8 +265,7 @@ class Upsample(Node):
 
     def __post_init__(self):
         self.in_shape = _shape(self.in_shape)
-        if self.scale < 1:
-            raise GraphError(f"{self.name}: scale must be >= 1")
+        self.scale = _integer(self.name, "scale", self.scale, 1)
 
     @property
     def input_shape(self) -> Shape:
@@ -249,19 +304,59 @@ class Output(_Stream):
 NODE_TYPES = (AnalogInput, Conv, TemporalAffine, IFNeurons, Upsample, Junction, Output)
 
 
+class _RecordError(GraphError):
+    """A host record's problem: ``detail`` without the record's name, so a reader can name it its way."""
+
+    def __init__(self, label: str, detail: str):
+        super().__init__(f"{label}: {detail}")
+        self.detail = detail
+
+
 class _Arrays:
-    """A record of named arrays (host-side layers); ``arrays()`` is how files store it."""
+    """A record of named arrays (host-side layers); ``arrays()`` is how files store it.  Every array is
+    numeric and finite, with the shapes its record's ``_check`` requires (checked on construction)."""
+
+    label: ClassVar[str] = "host arrays"
+    optional: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        for f in fields(self):
+            if getattr(self, f.name) is not None or f.name not in self.optional:
+                setattr(self, f.name, self._array(f.name, getattr(self, f.name)))
+        self._check()
+
+    def _check(self) -> None:
+        """The record's shape rules (each raises through :meth:`_fail`)."""
+
+    def _array(self, name: str, a, shape: tuple | None = None, note: str = "") -> np.ndarray:
+        try:
+            return _array("", name, a, shape=shape)
+        except GraphError as e:
+            raise _RecordError(self.label, f"{e} {note}".strip()) from None
+
+    def _fail(self, detail: str):
+        raise _RecordError(self.label, detail)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], what: str):
+        """The record of a file's ``arrays``; every problem (unknown or missing arrays, shapes, NaN) is a
+        :class:`GraphError` that starts with ``what``."""
+        if not isinstance(arrays, dict):
+            raise GraphError(f"{what}: expected a group of arrays, got {type(arrays).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = set(arrays) - names
         if unknown:
             raise GraphError(f"{what}: unknown arrays {sorted(unknown)}")
-        return cls(**{k: np.asarray(v) for k, v in arrays.items()})
+        missing = sorted(names - set(arrays) - set(cls.optional))
+        if missing:
+            raise GraphError(f"{what}: missing arrays {missing}")
+        try:
+            return cls(**{k: np.asarray(v) if not isinstance(v, dict) else v for k, v in arrays.items()})
+        except _RecordError as e:
+            raise GraphError(f"{what}: {e.detail}") from None
 
 
 @dataclass(eq=False)
@@ -269,18 +364,41 @@ class TimeMLP(_Arrays):
     """``temb = fc2_w @ swish(fc1_w @ table[t] + fc1_b) + fc2_b``, once per denoiser call."""
 
     table: np.ndarray  # [diffusion steps, ch] sinusoid table
-    fc1_w: np.ndarray
-    fc1_b: np.ndarray
-    fc2_w: np.ndarray
-    fc2_b: np.ndarray
+    fc1_w: np.ndarray  # [tdim, ch]
+    fc1_b: np.ndarray  # [tdim]
+    fc2_w: np.ndarray  # [width, tdim]
+    fc2_b: np.ndarray  # [width]
+
+    label: ClassVar[str] = "host time_mlp"
+
+    def _check(self) -> None:
+        if self.table.ndim != 2:
+            self._fail(f"table must be a [steps, ch] array, got shape {list(self.table.shape)}")
+        tdim = self._array("fc1_w", self.fc1_w, (None, self.table.shape[1]),
+                           f"(the table has {self.table.shape[1]} columns)").shape[0]
+        self._array("fc1_b", self.fc1_b, (tdim,), f"(fc1_w has {tdim} rows)")
+        width = self._array("fc2_w", self.fc2_w, (None, tdim), f"(fc1_w has {tdim} rows)").shape[0]
+        self._array("fc2_b", self.fc2_b, (width,), f"(fc2_w has {width} rows)")
+
+    @property
+    def width(self) -> int:
+        """The size of ``temb``, what every block projection reads."""
+        return int(self.fc2_w.shape[0])
 
 
 @dataclass(eq=False)
 class BlockProjection(_Arrays):
     """A residual block's time-embedding current ``w @ swish(temb) + b`` (``[C]``, broadcast over H, W)."""
 
-    w: np.ndarray
-    b: np.ndarray
+    w: np.ndarray  # [C, temb width]
+    b: np.ndarray  # [C]
+
+    label: ClassVar[str] = "host temb_proj"
+
+    def _check(self) -> None:
+        if self.w.ndim != 2:
+            self._fail(f"w must be a [C, temb width] array, got shape {list(self.w.shape)}")
+        self._array("b", self.b, (self.w.shape[0],), f"(w has {self.w.shape[0]} rows)")
 
 
 @dataclass(eq=False)
@@ -291,15 +409,35 @@ class Tail(_Arrays):
         h = h + swish(out_bn_scale * out_conv(h) + out_bn_shift)
     """
 
-    bn_scale: np.ndarray
-    bn_shift: np.ndarray
-    conv_w: np.ndarray
-    conv_b: np.ndarray
-    out_w: np.ndarray
-    out_b: np.ndarray
-    out_bn_scale: np.ndarray
-    out_bn_shift: np.ndarray
+    bn_scale: np.ndarray  # [ch]: the graph's output channels
+    bn_shift: np.ndarray  # [ch]
+    conv_w: np.ndarray  # [img_ch, ch, k, k], k odd
+    conv_b: np.ndarray  # [img_ch]
+    out_w: np.ndarray  # [img_ch, img_ch, k, k], k odd
+    out_b: np.ndarray  # [img_ch]
+    out_bn_scale: np.ndarray  # [img_ch]
+    out_bn_shift: np.ndarray  # [img_ch]
     conv_gain: np.ndarray | None = None  # [T] TSM gain of the tail conv
+
+    label: ClassVar[str] = "host tail"
+    optional: ClassVar[tuple[str, ...]] = ("conv_gain",)
+
+    def _check(self) -> None:
+        if self.bn_scale.ndim != 1:
+            self._fail(f"bn_scale must be a [ch] array, got shape {list(self.bn_scale.shape)}")
+        ch = self.bn_scale.shape[0]
+        self._array("bn_shift", self.bn_shift, (ch,))
+        img_ch = self._array("conv_w", self.conv_w, (None, ch, None, None), f"(bn_scale has {ch} channels)").shape[0]
+        note = f"(conv_w writes {img_ch} channel(s))"
+        self._array("out_w", self.out_w, (img_ch, img_ch, None, None), note)
+        for name in ("conv_w", "out_w"):
+            k = getattr(self, name).shape[2:]
+            if k[0] != k[1] or k[0] % 2 == 0:
+                self._fail(f"{name} must have a square kernel of odd size, got {list(k)}")
+        for name in ("conv_b", "out_b", "out_bn_scale", "out_bn_shift"):
+            self._array(name, getattr(self, name), (img_ch,), note)
+        if self.conv_gain is not None and self.conv_gain.ndim != 1:
+            self._fail(f"conv_gain must be a [T] array, got shape {list(self.conv_gain.shape)}")
 
     @property
     def channels(self) -> int:
@@ -319,6 +457,9 @@ class HostParams:
     the tail runs once on ``mean_t x[t]`` and ``eps`` is its output.  ``schedule`` is the
     diffusion schedule the model was trained with; ``moments`` the model's noise moments for
     Analytic-DPM (:mod:`sdm.train.moments`), when ``sdm moments`` has estimated them.
+
+    Construction checks every field and the records against each other (:meth:`check`); the
+    checks against the spiking graph are :meth:`SNNGraph.validate`'s.
     """
 
     T: int
@@ -334,11 +475,48 @@ class HostParams:
     moments: Moments | None = None
 
     def __post_init__(self):
-        self.img_shape = _shape(self.img_shape)
-        if self.T < 1:
-            raise GraphError(f"host: T must be >= 1, got {self.T}")
+        try:
+            self.img_shape = _shape(self.img_shape)
+        except GraphError as e:
+            raise GraphError(f"host: img_shape: {e}") from None
+        self.T = _integer("host", "T", self.T, 1)
+        self.readout_decay = _number("host", "readout_decay", self.readout_decay)
+        self.theta = _number("host", "theta", self.theta, positive=True)
+        self.threshold_scale = _number("host", "threshold_scale", self.threshold_scale, positive=True)
         if self.readout not in READOUTS:
             raise GraphError(f"host: readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        self.check()
+
+    def check(self) -> None:
+        """The records' types and their agreement: the time-embedding table covers the schedule, every
+        projection reads the time MLP's output, the tail writes the image's channels, the TSM gain has T
+        steps and the moments lie within the schedule."""
+        for name, cls in (("time_mlp", TimeMLP), ("tail", Tail), ("schedule", ScheduleConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise GraphError(f"host: {name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.temb_proj, dict) or not all(isinstance(p, BlockProjection)
+                                                            for p in self.temb_proj.values()):
+            raise GraphError("host: temb_proj must map block names to BlockProjection records")
+        rows, steps = self.time_mlp.table.shape[0], self.schedule.steps
+        if rows < steps:
+            raise GraphError(f"host: time_mlp table has {rows} rows, fewer than the schedule's {steps} steps")
+        for block, proj in self.temb_proj.items():
+            if proj.w.shape[1] != self.time_mlp.width:
+                raise GraphError(f"host: temb_proj {block} w has shape {list(proj.w.shape)}: it must read the "
+                                 f"time MLP's {self.time_mlp.width} outputs")
+        if self.tail.conv_w.shape[0] != self.img_shape[0]:
+            raise GraphError(f"host: tail conv_w has shape {list(self.tail.conv_w.shape)}: it must write the "
+                             f"image's {self.img_shape[0]} channel(s) (img_shape {list(self.img_shape)})")
+        gain = self.tail.conv_gain
+        if gain is not None and gain.shape[0] != self.T:
+            raise GraphError(f"host: tail conv_gain has {gain.shape[0]} steps, T is {self.T}")
+        if self.moments is not None:
+            if not isinstance(self.moments, Moments):
+                raise GraphError(f"host: moments must be a Moments record, got {type(self.moments).__name__}")
+            try:
+                self.moments.check_schedule(steps)
+            except ConfigError as e:
+                raise GraphError(f"host: {e}") from None
 
 
 @dataclass(eq=False)
@@ -375,6 +553,39 @@ class SNNGraph:
             if not isinstance(node, AnalogInput) and not self.predecessors(name):
                 raise GraphError(f"{name}: has no input edges")
         self.topological_order()  # raises on cycles
+        if self.host is not None:
+            self._validate_host()
+
+    def _validate_host(self) -> None:
+        """The host side against the graph: the tail reads the graph's output channels and writes an
+        image-sized eps, the image input is ``img_shape``, every time-embedding input has a projection of
+        its channel count, and every TSM gain has ``T`` steps."""
+        host = self.host
+        if not isinstance(host, HostParams):
+            raise GraphError(f"host must be a HostParams record, got {type(host).__name__}")
+        host.check()
+        out = self.output
+        c, h, w = out.shape
+        if host.tail.channels != c:
+            raise GraphError(f"host: tail conv_w reads {host.tail.channels} channels, the graph output {out.name!r} "
+                             f"has {c}")
+        if (h, w) != host.img_shape[1:]:
+            raise GraphError(f"the graph output {out.name!r} is {h}x{w}, host img_shape is {list(host.img_shape)}")
+        for node in self.of_type(AnalogInput):
+            if node.kind == "image" and node.shape != host.img_shape:
+                raise GraphError(f"input {node.name!r} has shape {list(node.shape)}, host img_shape is "
+                                 f"{list(host.img_shape)}")
+            if node.kind != "temb":
+                continue
+            proj = host.temb_proj.get(node.block)
+            if proj is None:
+                raise GraphError(f"input {node.name!r} names block {node.block!r} with no projection in host temb_proj")
+            if proj.w.shape[0] != node.shape[0]:
+                raise GraphError(f"host: temb_proj {node.block} w has shape {list(proj.w.shape)}: it must write the "
+                                 f"{node.shape[0]} channels of input {node.name!r}")
+        for node in self.of_type(TemporalAffine):
+            if node.gain.shape[0] != host.T:
+                raise GraphError(f"{node.name}: gain has {node.gain.shape[0]} steps, host T is {host.T}")
 
     def input_shape(self, name: str) -> Shape:
         return self.nodes[name].input_shape

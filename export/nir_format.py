@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sdm.errors import SDMError
+from sdm.errors import ConfigError, GraphError, SDMError
 from sdm.files import atomic_write
 from sdm.train.diffusion import ScheduleConfig
 from sdm.train.moments import Moments
@@ -275,6 +275,10 @@ def write_nir(graph: SNNGraph, path: str | os.PathLike) -> Path:
 
 
 # ----- reading ----------------------------------------------------------------------------
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    return " ".join(str(e).split())[:limit] or type(e).__name__
+
+
 def _types_in_file(path: Path) -> list[tuple[str, str]]:
     """(node path, type) of every node, read straight from HDF5 (works when nir.read refuses)."""
     out = []
@@ -293,6 +297,57 @@ def _types_in_file(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+# the fields of NIR's node types that this reader uses, by the data they must hold
+_INT_FIELDS = ("stride", "padding", "dilation", "groups", "input_shape", "shape")
+_NUMBER_FIELDS = ("weight", "bias", "r", "v_threshold", "v_reset", "tau", "v_leak", "scale")
+
+
+def _describe(item: h5py.Dataset) -> str:
+    if item.dtype.kind in "OSU" and item.shape == ():
+        return f"the string {_text(item[()])!r}"
+    return f"{item.dtype} data"
+
+
+def _check_raw_fields(path: Path) -> None:
+    """Every node has a type and its integer / numeric fields hold integers / numbers, read from the HDF5
+    layout before NIR builds anything (NIR's own node classes fail on them with unrelated errors)."""
+    def walk(group, prefix: str) -> None:
+        if not isinstance(group.get("nodes"), h5py.Group):
+            return
+        for name, sub in group["nodes"].items():
+            where = f"{path}: node {prefix + name!r}"
+            if not isinstance(sub, h5py.Group) or not isinstance(sub.get("type"), h5py.Dataset):
+                raise NIRFormatError(f"{where}: has no type")
+            for key in (*_INT_FIELDS, *_NUMBER_FIELDS):
+                item = sub.get(key)
+                if not isinstance(item, h5py.Dataset):
+                    continue
+                kinds, what = ("iu", "integers") if key in _INT_FIELDS else ("fiu", "numbers")
+                if item.dtype.kind not in kinds:
+                    raise NIRFormatError(f"{where}: {key} must hold {what}, found {_describe(item)}")
+            if _text(sub["type"][()]) == "NIRGraph":
+                walk(sub, prefix + name + ".")
+
+    with h5py.File(path, "r") as f:
+        if not isinstance(f.get("node"), h5py.Group):
+            raise NIRFormatError(f"{path}: not a NIR file (no 'node' group)")
+        walk(f["node"], "")
+
+
+def _failing_node(path: Path) -> str | None:
+    """Which top-level node NIR cannot build, and why (for the message when ``nir.read`` fails)."""
+    import nir
+    from nir.serialization import hdf2dict
+
+    with h5py.File(path, "r") as f:
+        for name, sub in f["node/nodes"].items():
+            try:
+                nir.dict2NIRNode(hdf2dict(sub))
+            except Exception as e:  # noqa: BLE001 (whatever NIR's node class raises on bad fields)
+                return f"node {name!r}: NIR cannot build it ({type(e).__name__}: {_one_line(e, 120)})"
+    return None
+
+
 def _load_nir(path: Path):
     import nir
 
@@ -301,7 +356,10 @@ def _load_nir(path: Path):
     if not h5py.is_hdf5(path):
         raise NIRFormatError(f"{path}: not a NIR file (not HDF5; truncated or another format)")
     try:
+        _check_raw_fields(path)
         return nir.read(path)
+    except NIRFormatError:
+        raise
     except AssertionError:
         try:
             known = set(nir.ir.__all_ir) if hasattr(nir.ir, "__all_ir") else set()
@@ -312,19 +370,58 @@ def _load_nir(path: Path):
         raise NIRFormatError(f"{path}: cannot read: {what}") from None
     except (OSError, KeyError) as e:
         raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
-                             f"{' '.join(str(e).split())[:120]})") from None
-    except ValueError as e:
-        raise NIRFormatError(f"{path}: inconsistent NIR graph ({' '.join(str(e).split())[:160]})") from None
+                             f"{_one_line(e, 120)})") from None
+    except Exception as e:  # a node NIR cannot build from the file's fields, or a graph whose types disagree
+        try:
+            node = _failing_node(path)
+        except Exception:
+            node = None
+        raise NIRFormatError(f"{path}: {node}" if node else
+                             f"{path}: inconsistent NIR graph ({_one_line(e)})") from None
 
 
 def _arr(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _pad(value, where: str) -> int:
+def _show(v) -> str:
+    return repr(_text(v) if isinstance(v, bytes) else v)[:60]
+
+
+def _int(v, what: str) -> int:
+    """A scalar integer field (an integral float such as ``1000.0`` too); anything else names ``what``."""
+    a = np.asarray(v)
+    if a.shape != () or a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not (np.isfinite(a) and a == a.round())):
+        raise GraphError(f"{what} must be an integer, got {_show(v)}")
+    return int(a)
+
+
+def _float(v, what: str) -> float:
+    """A scalar number field (NaN and Inf pass: the records refuse them, naming the field)."""
+    a = np.asarray(v)
+    if a.shape != () or a.dtype.kind not in "iuf":
+        raise GraphError(f"{what} must be a number, got {_show(v)}")
+    return float(a)
+
+
+def _ints(v, what: str) -> tuple[int, ...]:
+    a = np.asarray(v)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise GraphError(f"{what} must be a list of integers, got {_show(v)}")
+    return tuple(int(x) for x in a)
+
+
+def _get(d, key: str, where: str):
+    """``d[key]`` of a metadata group; missing is a :class:`GraphError` naming ``where`` and ``key``."""
+    if not isinstance(d, dict) or key not in d:
+        raise GraphError(f"{where} is missing {key!r}")
+    return d[key]
+
+
+def _pad(value, where: str, name: str) -> int:
     p = np.atleast_1d(np.asarray(value))
     if p.dtype.kind not in "iu" or len(set(p.tolist())) != 1:
-        raise NIRFormatError(f"{where}: only equal integer padding is supported, got {value!r}")
+        raise NIRFormatError(f"{where}: only equal integer {name} is supported, got {value!r}")
     return int(p[0])
 
 
@@ -336,11 +433,11 @@ def _origin(meta: dict) -> Origin | None:
     if "sdm.module" not in meta:
         return None
     channels = meta.get("sdm.channels")
-    return Origin(_text(meta["sdm.module"]), None if channels is None else tuple(int(c) for c in _arr(channels)))
+    return Origin(_text(meta["sdm.module"]), None if channels is None else _ints(channels, "sdm.channels"))
 
 
 def _io_shape(types: dict, key: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in _arr(types[key]))
+    return _ints(types[key], f"{key} shape")
 
 
 # one reader per NIR node type: (name, NIR node, "file: node 'x'") -> IR node (origin added by the caller)
@@ -354,13 +451,15 @@ def _read_output(name, n, where) -> Node:
 
 
 def _read_conv(name, n, where) -> Node:
-    if np.any(_arr(n.dilation) != 1) or n.groups != 1:
+    if np.any(_arr(n.dilation) != 1) or np.any(_arr(n.groups) != 1):
         raise NIRFormatError(f"{where}: only dilation 1 and groups 1 convolutions are supported")
     if n.input_shape is None:
         raise NIRFormatError(f"{where}: Conv2d without input_shape")
-    cin = n.weight.shape[1]
-    return Conv(name, _arr(n.weight), _arr(n.bias), _pad(n.stride, where), _pad(n.padding, where),
-                (cin, *[int(v) for v in _arr(n.input_shape)]))
+    weight = _arr(n.weight)
+    if weight.ndim != 4:
+        raise NIRFormatError(f"{where}: weight must be a (C_out, C_in, kH, kW) array, got shape {list(weight.shape)}")
+    return Conv(name, weight, _arr(n.bias), _pad(n.stride, where, "stride"), _pad(n.padding, where, "padding"),
+                (weight.shape[1], *_ints(n.input_shape, "input_shape")))
 
 
 def _read_if(name, n, where) -> Node:
@@ -372,7 +471,7 @@ def _read_if(name, n, where) -> Node:
 def _read_lif(name, n, where) -> Node:
     tau = _arr(n.tau)
     if np.any(_arr(n.v_leak) != 0) or np.any(_arr(n.v_reset) != 0) or not np.allclose(n.r, tau) \
-            or not np.all(tau == tau.flat[0]) or tau.flat[0] < 1:
+            or not np.all(tau == tau.flat[0]) or not tau.flat[0] >= 1:
         raise NIRFormatError(f"{where}: only LIF with r = tau >= 1 (uniform), v_leak = 0, v_reset = 0 is supported")
     return IFNeurons(name, _arr(n.v_threshold), NeuronParams(decay=float(1.0 - 1.0 / tau.flat[0])))
 
@@ -383,20 +482,25 @@ def _read_scale(name, n, where) -> Node:
     return Junction(name, tuple(int(v) for v in _arr(n.scale).shape))
 
 
-# one reader per sdm extension: (name, metadata, body input shape, body output shape, where) -> IR node
+# one reader per sdm extension: (name, metadata, body input shape, body output shape, where) -> IR node;
+# a missing parameter is a GraphError "<extension> extension is missing 'key'"
 def _read_temporal_affine(name, meta, in_shape, out_shape, where) -> Node:
-    return TemporalAffine(name, _arr(meta["gain"]), _arr(meta["offset"]), out_shape)
+    ext = "temporal_affine extension"
+    return TemporalAffine(name, _arr(_get(meta, "gain", ext)), _arr(_get(meta, "offset", ext)), out_shape)
 
 
 def _read_if_neuron(name, meta, in_shape, out_shape, where) -> Node:
-    params = NeuronParams(decay=float(meta["decay"]), reset=_text(meta["reset"]), v_init=float(meta["v_init"]),
-                          signed=bool(int(_arr(meta.get("signed", 0)))),
-                          inhibit_margin=float(meta.get("inhibit_margin", NeuronParams.inhibit_margin)))
-    return IFNeurons(name, _arr(meta["v_threshold"]), params)
+    ext = "if_neuron extension"
+    params = NeuronParams(decay=_float(_get(meta, "decay", ext), "decay"), reset=_text(_get(meta, "reset", ext)),
+                          v_init=_float(_get(meta, "v_init", ext), "v_init"),
+                          signed=bool(_int(meta.get("signed", 0), "signed")),
+                          inhibit_margin=_float(meta.get("inhibit_margin", NeuronParams.inhibit_margin),
+                                                "inhibit_margin"))
+    return IFNeurons(name, _arr(_get(meta, "v_threshold", ext)), params)
 
 
 def _read_upsample(name, meta, in_shape, out_shape, where) -> Node:
-    up = Upsample(name, in_shape, int(meta["scale"]))
+    up = Upsample(name, in_shape, _int(_get(meta, "scale", "upsample_nearest extension"), "scale"))
     if up.shape != out_shape:
         raise NIRFormatError(f"{where}: upsample output {out_shape} != {up.shape}")
     return up
@@ -442,9 +546,10 @@ def _node_from_nir(name: str, n, path: Path) -> Node:
     except NIRFormatError:
         raise
     except SDMError as e:  # node checks (IR, neuron parameters) name the problem; add the file and node
-        raise NIRFormatError(f"{where}: {e}") from None
-    except (KeyError, TypeError) as e:
-        raise NIRFormatError(f"{where}: incomplete node ({type(e).__name__}: {e})") from None
+        msg = _one_line(e, 300)
+        raise NIRFormatError(f"{where}: {msg[len(name) + 2:] if msg.startswith(name + ': ') else msg}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise NIRFormatError(f"{where}: malformed node ({type(e).__name__}: {_one_line(e)})") from None
     return node
 
 
@@ -461,50 +566,80 @@ def _legacy_origins(nodes: dict[str, Node]) -> None:
             node.origin = Origin(base, (start, stop))
 
 
-def _host_from_metadata(meta: dict, path: Path) -> HostParams:
-    h = meta["host"]
-    temb = {blk: BlockProjection.from_arrays(dict(v), f"{path}: host temb_proj {blk}")
-            for blk, v in h["temb_proj"].items()}
-    sched = h["schedule"]
-    return HostParams(T=int(h["T"]), img_shape=tuple(int(v) for v in _arr(h["img_shape"])),
-                      time_mlp=TimeMLP.from_arrays(dict(h["time_mlp"]), f"{path}: host time_mlp"), temb_proj=temb,
-                      tail=Tail.from_arrays(dict(h["tail"]), f"{path}: host tail"),
-                      readout_decay=float(h["readout_decay"]),
-                      schedule=ScheduleConfig(int(sched["steps"]), float(sched["beta_start"]),
-                                              float(sched["beta_end"])),
-                      theta=float(h["theta"]), readout=_text(h.get("readout", "membrane")),
-                      threshold_scale=float(h["threshold_scale"]), moments=_moments(h.get("moments")))
+def _host_from_metadata(meta: dict) -> HostParams:
+    """The host section as typed records; every missing or malformed field is an SDMError naming it
+    (the records check values and shapes, :meth:`SNNGraph.validate` them against the graph)."""
+    h = _get(meta, "host", "the graph metadata")
+    temb = _get(h, "temb_proj", "host")
+    if not isinstance(temb, dict):
+        raise GraphError("host temb_proj must be a group of blocks")
+    temb = {blk: BlockProjection.from_arrays(v, f"host temb_proj {blk}") for blk, v in temb.items()}
+    sched = _get(h, "schedule", "host")
+    try:
+        schedule = ScheduleConfig(_int(_get(sched, "steps", "host schedule"), "host schedule steps"),
+                                  _float(_get(sched, "beta_start", "host schedule"), "host schedule beta_start"),
+                                  _float(_get(sched, "beta_end", "host schedule"), "host schedule beta_end"))
+    except ConfigError as e:
+        raise GraphError(f"host schedule: {e}") from None
+    return HostParams(T=_int(_get(h, "T", "host"), "host T"), img_shape=_ints(_get(h, "img_shape", "host"),
+                                                                               "host img_shape"),
+                      time_mlp=TimeMLP.from_arrays(_get(h, "time_mlp", "host"), "host time_mlp"), temb_proj=temb,
+                      tail=Tail.from_arrays(_get(h, "tail", "host"), "host tail"),
+                      readout_decay=_float(_get(h, "readout_decay", "host"), "host readout_decay"),
+                      schedule=schedule, theta=_float(_get(h, "theta", "host"), "host theta"),
+                      readout=_text(h.get("readout", "membrane")),
+                      threshold_scale=_float(_get(h, "threshold_scale", "host"), "host threshold_scale"),
+                      moments=_moments(h.get("moments")))
 
 
 def _moments(m: dict | None) -> Moments | None:
     if m is None:
         return None
-    return Moments(_arr(m["timesteps"]), _arr(m["gamma"]), int(_arr(m["n"])), _text(m["data"]))
+    where = "host moments"
+    return Moments(_arr(_get(m, "timesteps", where)), _arr(_get(m, "gamma", where)), _int(_get(m, "n", where),
+                                                                                          "host moments n"),
+                   _text(_get(m, "data", where)))
 
 
-def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
-    """Read a NIR file of the supported node types into the IR.
-
-    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
-    ``require_host=False`` plain spiking networks (from this or another tool) load too."""
-    path = Path(path)
-    ng = _load_nir(path)
-    meta = ng.metadata
-    if int(meta.get("sdm.format_version", 0)) > FORMAT_VERSION:
-        raise NIRFormatError(f"{path}: format version {meta['sdm.format_version']} is newer than this tool")
+def _check_version(meta: dict, path: Path, require_host: bool) -> None:
+    """A file of this tool carries ``sdm.format_version``; refuse a newer one, and a denoiser file without."""
+    if "sdm.format_version" in meta:
+        try:
+            version = _int(meta["sdm.format_version"], "sdm.format_version")
+        except GraphError as e:
+            raise NIRFormatError(f"{path}: {e}") from None
+        if version > FORMAT_VERSION:
+            raise NIRFormatError(f"{path}: format version {version} is newer than this tool")
+        if version < 1:
+            raise NIRFormatError(f"{path}: sdm.format_version must be >= 1, got {version}")
     if require_host and "host" not in meta:
         raise NIRFormatError(f"{path}: not a denoiser written by sdm export-nir (no host-side parameters: "
                              "time embedding, tail, schedule), so it cannot run denoising steps")
+    if "host" in meta and "sdm.format_version" not in meta:
+        raise NIRFormatError(f"{path}: missing sdm.format_version in the graph metadata (every denoiser file of "
+                             "sdm export-nir has one); the file is damaged or from another writer")
+
+
+def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
+    """Read a NIR file of the supported node types into the IR, validated before anything runs.
+
+    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
+    ``require_host=False`` plain spiking networks (from this or another tool) load too.  Every
+    problem is a one-line :class:`NIRFormatError` naming the file and the node or field: field
+    types in the HDF5 layout, the nodes' own checks (shapes, finite values, parameters), the host
+    records and :meth:`SNNGraph.validate` (edges, shapes, host against graph)."""
+    path = Path(path)
+    ng = _load_nir(path)
+    meta = ng.metadata
+    _check_version(meta, path, require_host)
     nodes = {name: _node_from_nir(name, n, path) for name, n in ng.nodes.items()}
     _legacy_origins(nodes)
     try:
-        host = _host_from_metadata(meta, path) if "host" in meta else None
-        graph = SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
-    except (KeyError, TypeError) as e:
-        raise NIRFormatError(f"{path}: incomplete host-side metadata ({type(e).__name__}: {e})") from None
+        host = _host_from_metadata(meta) if "host" in meta else None
+        return SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
+    except NIRFormatError:
+        raise
     except SDMError as e:
-        raise NIRFormatError(f"{path}: {' '.join(str(e).split())}") from None
-    for n in graph.of_type(AnalogInput):
-        if n.kind == "temb" and (host is None or n.block not in host.temb_proj):
-            raise NIRFormatError(f"{path}: input {n.name!r} names block {n.block!r} with no projection")
-    return graph
+        raise NIRFormatError(f"{path}: {_one_line(e, 300)}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise NIRFormatError(f"{path}: malformed host-side metadata ({type(e).__name__}: {_one_line(e)})") from None

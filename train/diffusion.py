@@ -34,6 +34,8 @@ from torch.nn import functional as F
 
 from sdm.errors import ConfigError
 
+from .config import strict_from_dict
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -54,6 +56,14 @@ class ScheduleConfig:
                 raise ConfigError(f"diffusion {name} must be a number, got {getattr(self, name)!r}")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ConfigError(f"invalid diffusion schedule {self}: need 0 < beta_start <= beta_end < 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScheduleConfig":
+        """The schedule of a ``diffusion`` section (checkpoint, config file); unknown keys are refused."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"the diffusion section must be a mapping of steps, beta_start, beta_end, "
+                              f"got {type(d).__name__}")
+        return strict_from_dict(cls, d, "diffusion")
 
 
 class GaussianDiffusion:

@@ -13,6 +13,7 @@ For data ``x_0 ~ N(mu, s^2 I)`` the optimal predictor gives ``Gamma_t = (1 - aba
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,14 +34,27 @@ class Moments:
     data: str = ""
 
     def __post_init__(self):
-        self.timesteps = np.asarray(self.timesteps, dtype=np.int64).reshape(-1)
-        self.gamma = np.asarray(self.gamma, dtype=np.float64).reshape(-1)
+        steps = _numbers("timesteps", self.timesteps, "iuf")
+        if steps.dtype.kind == "f" and not np.all(np.isfinite(steps) & (steps == np.round(steps))):
+            raise ConfigError("moments: timesteps must be integers")
+        self.timesteps = steps.astype(np.int64)
+        self.gamma = _numbers("gamma", self.gamma, "iuf").astype(np.float64)
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
+            raise ConfigError(f"moments: n must be a non-negative integer, got {self.n!r}")
+        self.n = int(self.n)
+        if not isinstance(self.data, str):
+            raise ConfigError(f"moments: data must be a string, got {self.data!r}")
         if self.timesteps.size < 1 or self.timesteps.shape != self.gamma.shape:
             raise ConfigError(f"moments: {self.timesteps.size} timesteps but {self.gamma.size} values")
         if np.any(np.diff(self.timesteps) <= 0) or self.timesteps[0] < 0:
             raise ConfigError("moments: timesteps must be non-negative and strictly ascending")
         if not np.all(np.isfinite(self.gamma)) or np.any(self.gamma < 0):
-            raise ConfigError("moments: values must be finite and non-negative")
+            raise ConfigError("moments: gamma values must be finite and non-negative")
+
+    def check_schedule(self, steps: int) -> None:
+        """Refuse moments measured at timesteps the schedule of ``steps`` steps does not have."""
+        if int(self.timesteps[-1]) >= steps:
+            raise ConfigError(f"moments: timestep {int(self.timesteps[-1])} is outside the schedule's {steps} steps")
 
     def at(self, t: int) -> float:
         """Gamma at timestep ``t`` (linear interpolation; constant beyond the grid's ends)."""
@@ -52,10 +66,33 @@ class Moments:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Moments":
-        try:
-            return cls(np.asarray(d["timesteps"]), np.asarray(d["gamma"]), int(d.get("n", 0)), str(d.get("data", "")))
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"moments: incomplete record ({type(e).__name__}: {e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"moments: expected a record of timesteps, gamma, n, data, got {type(d).__name__}")
+        missing = [k for k in ("timesteps", "gamma") if k not in d]
+        if missing:
+            raise ConfigError(f"moments: incomplete record (no {', '.join(missing)})")
+        unknown = sorted(set(d) - {"timesteps", "gamma", "n", "data"})
+        if unknown:
+            raise ConfigError(f"moments: unknown fields {unknown}")
+        return cls(_as_array(d["timesteps"]), _as_array(d["gamma"]), d.get("n", 0), d.get("data", ""))
+
+
+def _as_array(v):
+    """A tensor or sequence as a numpy array; anything else unchanged (``_numbers`` refuses it)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy()
+    return v
+
+
+def _numbers(name: str, v, kinds: str) -> np.ndarray:
+    """``v`` as a 1-D numpy array whose dtype kind is one of ``kinds`` ("i", "u": integers, "f": floats)."""
+    try:
+        a = np.asarray(v).reshape(-1)
+    except (TypeError, ValueError):
+        a = np.asarray([object()])
+    if a.dtype.kind not in kinds:
+        raise ConfigError(f"moments: {name} must be an array of numbers, got {type(v).__name__} of {a.dtype}")
+    return a
 
 
 def checkpoint_moments(ckpt: dict) -> Moments | None:

@@ -9,26 +9,28 @@ import torch
 
 from sdm.images import save_grid
 
-from .checkpoint import CheckpointError, checkpoint_weights, load_checkpoint
-from .diffusion import GaussianDiffusion, ScheduleConfig
+from .checkpoint import build_denoiser, check_state_dict, checkpoint_weights, denoiser_configs, load_checkpoint
+from .diffusion import GaussianDiffusion
 from .moments import Moments
 from .neuron import set_threshold_scale
 from .samplers import sample
-from .unet import SpikingUNet, UNetConfig
+from .unet import SpikingUNet
 
 
 def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, device: str = "cpu",
                           ckpt: dict | None = None) -> tuple[SpikingUNet, GaussianDiffusion, dict]:
-    """Rebuild the eval-mode denoiser and its schedule; EMA weights when the checkpoint has them."""
+    """Rebuild the eval-mode denoiser and its schedule; EMA weights when the checkpoint has them.
+
+    Beyond :func:`~sdm.train.checkpoint.load_checkpoint`'s checks, the configuration must describe a
+    spiking UNet whose time-embedding table covers the schedule, and every tensor of ``model`` and
+    ``ema`` must fit it (a :class:`~sdm.train.checkpoint.CheckpointError` names the first that does not)."""
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
-    try:
-        cfg = UNetConfig.from_dict(ckpt["model_config"])
-        model = SpikingUNet(cfg)
-        model.load_state_dict(checkpoint_weights(ckpt, use_ema))
-        schedule = ScheduleConfig(**ckpt.get("diffusion", {}))
-    except (ValueError, TypeError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: checkpoint does not match the spiking UNet ({first[:200]})") from None
+    cfg, schedule = denoiser_configs(ckpt, path)
+    model = build_denoiser(cfg, path)
+    for section in ("model", "ema"):  # both must fit the architecture, whichever is used
+        if ckpt.get(section) is not None:
+            check_state_dict(ckpt[section], model.state_dict(), section, path)
+    model.load_state_dict(checkpoint_weights(ckpt, use_ema))
     return model.to(device).eval(), GaussianDiffusion(schedule), ckpt
 
 

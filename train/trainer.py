@@ -26,12 +26,14 @@ from torch import nn
 
 from sdm.errors import ConfigError
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, denoiser_configs, load_checkpoint, load_weights, save_checkpoint
 from .config import strict_from_dict
 from .data import ImageDataset, infinite_loader, load_dataset
 from .diffusion import GaussianDiffusion, ScheduleConfig
 from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
-from .unet import SpikingUNet, UNetConfig
+from .unet import SpikingUNet, UNetConfig, check_field_types
+
+MAX_SEED = 1_000_000  # the per-step generator seeds derived from it stay below 2^64
 
 
 @dataclass
@@ -50,11 +52,20 @@ class TrainConfig:
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or fp32 | bf16
 
     def __post_init__(self):
+        check_field_types(self, "training", ints=("steps", "batch_size", "ema_bn_batches", "warmup", "seed",
+                                                  "ckpt_every", "log_every"),
+                          reals=("lr", "grad_clip", "ema_decay"), strs=("data", "precision"))
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if (self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1
-                or self.ema_bn_batches < 0):
-            raise ConfigError(f"invalid training config: {self}")
+        rules = (("steps", self.steps >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                 ("lr", self.lr > 0, "> 0"), ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"),
+                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 = off)"),
+                 ("ema_bn_batches", self.ema_bn_batches >= 0, ">= 0"), ("warmup", self.warmup >= 0, ">= 0"),
+                 ("seed", 0 <= self.seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
+                 ("ckpt_every", self.ckpt_every >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1"))
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"invalid training config: {name}={getattr(self, name)!r} must be {rule}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -145,15 +156,62 @@ class _Start:
     schedule: ScheduleConfig
     state: dict[str, Any] | None = None
     continuing: bool = False
+    source: str | os.PathLike = ""  # the checkpoint file, for messages
 
 
 def _check_stage(resume: str | os.PathLike, saved_stage: str, tsm: bool) -> None:
-    """Refuse checkpoints that ``sdm train`` must not continue (in the asked stage)."""
+    """Refuse checkpoints that ``sdm train`` must not continue (in the asked stage); ``load_checkpoint``
+    has already refused a stage it does not know."""
     if saved_stage == "converted":
         raise CheckpointError(f"{resume}: is a converted SNN (sdm convert); sdm train does not continue it "
                               "(fine-tune it with sdm convert --finetune-steps)")
     if saved_stage == "tsm" and not tsm:
         raise CheckpointError(f"{resume}: is a TSM fine-tuning checkpoint; resume it with --tsm")
+
+
+def _check_resumable(resume: str | os.PathLike, state: dict[str, Any], stage: str) -> None:
+    """What continuing a stage reads besides the weights: optimizer state, step, loss history, RNG state."""
+    if not isinstance(state.get("optimizer"), dict):
+        if "optimizer" in state:
+            raise CheckpointError(f"{resume}: optimizer must be an optimizer state dict, found "
+                                  f"{type(state['optimizer']).__name__}")
+        hint = ("fine-tune it with --tsm instead, or start a fresh run" if stage == "base" else
+                "start a fresh run, or sample and export it as it is")
+        raise CheckpointError(f"{resume}: has no optimizer state (imported or exported weights, not a training "
+                              f"run), so sdm train cannot resume its {stage} stage; {hint}")
+    if "step" not in state:
+        raise CheckpointError(f"{resume}: has no step (the completed steps), so sdm train cannot resume it")
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(v, (int, float)) for v in h)
+            for h in history):
+        raise CheckpointError(f"{resume}: history must be a list of [step, mean loss] rows")
+    rng = state.get("rng", {})
+    if not isinstance(rng, dict) or set(rng) - {"torch"}:
+        raise CheckpointError(f"{resume}: rng must be a mapping {{'torch': RNG state}}")
+    if "torch" in rng:
+        want = torch.get_rng_state()
+        got = rng["torch"]
+        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
+            found = f"{got.dtype} {list(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CheckpointError(f"{resume}: rng torch is not a torch RNG state (expected {want.dtype} "
+                                  f"{list(want.shape)}, found {found})")
+
+
+def _train_config(resume: str | os.PathLike, state: dict[str, Any], continuing: bool,
+                  overrides: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's training config (its own values checked, naming the file), switched to ``TSM_LR``
+    and no EMA when a new stage starts, with ``overrides`` (checked as options) on top."""
+    saved = state.get("train_config", {})
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{resume}: train_config must be a mapping, found {type(saved).__name__}")
+    try:  # the file's values, except those an option replaces
+        base = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in overrides})
+    except ConfigError as e:
+        raise CheckpointError(f"{resume}: train_config: {e}") from None
+    if not continuing:
+        base = dataclasses.replace(base, lr=TSM_LR, ema_decay=0.0)
+    return dataclasses.replace(base, **overrides)
 
 
 def _restore(resume: str | os.PathLike, stage: str, overrides: dict[str, Any] | None) -> _Start:
@@ -163,13 +221,11 @@ def _restore(resume: str | os.PathLike, stage: str, overrides: dict[str, Any] | 
     saved_stage = state.get("stage", "base")
     _check_stage(resume, saved_stage, tsm=stage == "tsm")
     continuing = saved_stage == stage
-    model_cfg = UNetConfig.from_dict(state["model_config"])
-    schedule = ScheduleConfig(**state.get("diffusion", {}))
-    base = TrainConfig.from_dict(state.get("train_config", {}))
-    if not continuing:
-        base = dataclasses.replace(base, lr=TSM_LR, ema_decay=0.0)
-    train_cfg = dataclasses.replace(base, **(overrides or {}))
-    return _Start(model_cfg, train_cfg, schedule, state, continuing)
+    model_cfg, schedule = denoiser_configs(state, resume)
+    if continuing:
+        _check_resumable(resume, state, stage)
+    train_cfg = _train_config(resume, state, continuing, overrides or {})
+    return _Start(model_cfg, train_cfg, schedule, state, continuing, resume)
 
 
 def _starting_point(resume: str | os.PathLike | None, stage: str, model_cfg: UNetConfig | None,
@@ -209,7 +265,7 @@ def _build_model(start: _Start, tsm: bool, dev: torch.device) -> tuple[SpikingUN
     """The model (checkpoint weights, TSM gains when asked) and its EMA copy (when ``ema_decay > 0``)."""
     model = SpikingUNet(start.model_cfg)
     if start.state is not None:
-        model.load_state_dict(start.state["model"])
+        load_weights(model, start.state, "model", start.source)
     if tsm:
         model.enable_tsm()
     model.to(dev)
@@ -217,8 +273,33 @@ def _build_model(start: _Start, tsm: bool, dev: torch.device) -> tuple[SpikingUN
     if start.train_cfg.ema_decay > 0:
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         if start.continuing and start.state.get("ema") is not None:
-            ema.load_state_dict(start.state["ema"])
+            load_weights(ema, start.state, "ema", start.source)
     return model, ema
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], saved: dict,
+                    source: str | os.PathLike) -> None:
+    """The checkpoint's Adam state, refused in one line when it does not fit the trainable parameters."""
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise CheckpointError(f"{source}: optimizer is not an optimizer state dict (needs state and param_groups)")
+    ids = [i for g in groups for i in g["params"]]
+    if len(ids) != len(params):
+        raise CheckpointError(f"{source}: optimizer state covers {len(ids)} parameters, the model trains "
+                              f"{len(params)}")
+    for i, p in zip(ids, params):
+        for key, value in state.get(i, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                raise CheckpointError(f"{source}: optimizer state {key!r} of parameter {i} has shape "
+                                      f"{list(value.shape)}, the parameter has {list(p.shape)}")
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"{source}: optimizer state {key!r} of parameter {i} has NaN or Inf")
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{source}: optimizer state does not fit the model ({first[:160]})") from None
 
 
 def _resume_progress(start: _Start, optimizer: torch.optim.Optimizer) -> tuple[int, list[list[float]]]:
@@ -226,10 +307,14 @@ def _resume_progress(start: _Start, optimizer: torch.optim.Optimizer) -> tuple[i
     if not start.continuing:
         return 0, []
     state = start.state
-    optimizer.load_state_dict(state["optimizer"])
+    _load_optimizer(optimizer, [p for g in optimizer.param_groups for p in g["params"]], state["optimizer"],
+                    start.source)
     history = [list(h) for h in state.get("history", [])]
     if "torch" in state.get("rng", {}):
-        torch.set_rng_state(state["rng"]["torch"])
+        try:
+            torch.set_rng_state(state["rng"]["torch"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{start.source}: rng torch is not a usable RNG state ({e})") from None
     return int(state["step"]), history
 
 

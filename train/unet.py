@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,54 @@ from .neuron import IFNeuron, NeuronParams
 
 NEURONS = ("if", "swish", "relu", "qrelu")  # "if": the SNN; the others: ANN baselines
 READOUTS = ("membrane", "mean")
+
+
+def _kind_error(what: str, name: str, value, kind: str) -> ConfigError:
+    return ConfigError(f"invalid {what} config: {name} must be {kind}, got {value!r} ({type(value).__name__})")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_field_types(record, what: str, *, ints=(), reals=(), bools=(), strs=(), int_lists=(),
+                      real_lists=()) -> None:
+    """Refuse a field of ``record`` whose value has the wrong type, naming it in a :class:`ConfigError`
+    (``invalid {what} config: ch must be an integer, got '16' (str)``): bools are not ints, strings
+    are not numbers, numbers are finite.  Ints become ``int``, reals ``float``, lists tuples."""
+    def put(name, value):
+        object.__setattr__(record, name, value)  # also on frozen records
+
+    for name in ints:
+        v = getattr(record, name)
+        if not _is_int(v):
+            raise _kind_error(what, name, v, "an integer")
+        put(name, int(v))
+    for name in reals:
+        v = getattr(record, name)
+        if not _is_real(v) or not math.isfinite(v):
+            raise _kind_error(what, name, v, "a finite number")
+        put(name, float(v))
+    for name in bools:
+        v = getattr(record, name)
+        if not isinstance(v, bool):
+            raise _kind_error(what, name, v, "true or false")
+    for name in strs:
+        v = getattr(record, name)
+        if not isinstance(v, str):
+            raise _kind_error(what, name, v, "a string")
+    for names, ok, conv, kind in ((int_lists, _is_int, int, "a list of integers"),
+                                  (real_lists, lambda x: _is_real(x) and math.isfinite(x), float,
+                                   "a list of finite numbers")):
+        for name in names:
+            v = getattr(record, name)
+            if not isinstance(v, (list, tuple)) or not all(ok(x) for x in v):
+                raise _kind_error(what, name, v, kind)
+            put(name, tuple(conv(x) for x in v))
 
 
 @dataclass
@@ -76,8 +125,10 @@ class UNetConfig:
     readout: str = "membrane"  # membrane: eps = sum_t decay^(T-1-t) Tail(h)[t];  mean: eps = Tail(mean_t h)
 
     def __post_init__(self):
-        self.ch_mult = tuple(int(m) for m in self.ch_mult)
-        self.thetas = tuple(float(v) for v in self.thetas)
+        check_field_types(self, "UNet", ints=("img_ch", "img_size", "ch", "num_res_blocks", "T", "diffusion_steps",
+                                              "bits"),
+                          reals=("theta", "decay", "readout_decay", "v_init"), bools=("tsm", "signed"),
+                          strs=("neuron", "reset", "readout"), int_lists=("ch_mult",), real_lists=("thetas",))
         problems = []
         if self.neuron not in NEURONS:
             problems.append(f"neuron={self.neuron!r} must be one of {', '.join(NEURONS)}")
@@ -107,6 +158,10 @@ class UNetConfig:
             problems.append(f"num_res_blocks={self.num_res_blocks} must be >= 1")
         if self.T < 1:
             problems.append(f"T={self.T} must be >= 1")
+        if self.diffusion_steps < 1:
+            problems.append(f"diffusion_steps={self.diffusion_steps} must be >= 1")
+        if not self.theta > 0:
+            problems.append(f"theta={self.theta} must be positive")
         levels = len(self.ch_mult) - 1
         if self.img_size < 1 or self.img_size % (2 ** levels):
             problems.append(f"img_size={self.img_size} must be divisible by 2^{levels} "

@@ -47,7 +47,14 @@ from torch import nn
 
 from sdm.errors import ConfigError, SDMError
 
-from .checkpoint import checkpoint_weights, uses_ema
+from .checkpoint import (
+    build_denoiser,
+    check_state_dict,
+    checkpoint_schedule,
+    checkpoint_weights,
+    denoiser_configs,
+    uses_ema,
+)
 
 QANN_ALPHA_INIT = 6.0
 
@@ -119,14 +126,13 @@ def convert_qann(ckpt: dict, use_ema: bool = True, source: str = "", signed: boo
     reference code's default) take spikes back with inhibitory -1 spikes.
     """
     from .diffusion import ScheduleConfig
-    from .unet import SpikingUNet, UNetConfig
+    from .unet import SpikingUNet
 
-    cfg = UNetConfig.from_dict(ckpt["model_config"])
+    qann = _checked_model(ckpt, use_ema, source or "checkpoint")
+    cfg = qann.cfg
     if cfg.neuron != "qrelu":
         raise ConversionError(f"{source or 'checkpoint'}: convert needs a quantised ANN (sdm train --model qann), "
                               f"this checkpoint's model is neuron={cfg.neuron!r}")
-    qann = SpikingUNet(cfg)
-    qann.load_state_dict(checkpoint_weights(ckpt, use_ema))
     slots = neuron_slots(qann)
     acts = [m for m in qann.modules() if isinstance(m, QuantReLU)]
     convs = [id(c) for _, _, c in slots]
@@ -225,24 +231,31 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
     return result
 
 
+def _checked_model(ckpt: dict, use_ema: bool, what: str):
+    """The checkpoint's model with the chosen weights, its config and tensors checked (one-line errors)."""
+    cfg, _ = denoiser_configs(ckpt, what)
+    model = build_denoiser(cfg, what)
+    weights = checkpoint_weights(ckpt, use_ema)
+    check_state_dict(weights, model.state_dict(), "ema" if uses_ema(ckpt, use_ema) else "model", what)
+    model.load_state_dict(weights)
+    return model
+
+
 def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: float = 1e-4,
                               data: str | None = None, batch_size: int = 16, seed: int = 0,
                               use_ema: bool = True, progress: bool = True) -> list[tuple[float, float]]:
     """Fine-tune the converted checkpoint ``snn_ckpt`` in place (its ``model`` weights) block by block."""
     from .data import infinite_loader, load_dataset
-    from .diffusion import GaussianDiffusion, ScheduleConfig
-    from .unet import SpikingUNet, UNetConfig
+    from .diffusion import GaussianDiffusion
 
-    qcfg = UNetConfig.from_dict(qann_ckpt["model_config"])
-    qann = SpikingUNet(qcfg)
-    qann.load_state_dict(checkpoint_weights(qann_ckpt, use_ema))
-    snn = SpikingUNet(UNetConfig.from_dict(snn_ckpt["model_config"]))
-    snn.load_state_dict(snn_ckpt["model"])
+    qann = _checked_model(qann_ckpt, use_ema, "quantised ANN checkpoint")
+    qcfg = qann.cfg
+    snn = _checked_model(snn_ckpt, False, "converted checkpoint")
     spec = data or (qann_ckpt.get("data") or {}).get("spec") or qann_ckpt.get("train_config", {}).get("data")
     if not spec:
         raise ConversionError("fine-tuning needs training data: give --data")
     dataset = load_dataset(spec, image_size=qcfg.img_size)
-    diffusion = GaussianDiffusion(ScheduleConfig(**snn_ckpt.get("diffusion", {})))
+    diffusion = GaussianDiffusion(checkpoint_schedule(snn_ckpt, "converted checkpoint"))
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     block_mse = finetune_blocks(snn, qann, infinite_loader(dataset, batch_size, seed=seed), diffusion, steps, lr=lr,

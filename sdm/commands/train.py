@@ -182,7 +182,7 @@ def _fresh(a, overrides: dict, model_over: dict, device: str | None):
     train_cfg = TrainConfig.from_dict({**t, **overrides})
     model_dict = {**m, **model_over}
     _check_config(model_dict, train_cfg)
-    schedule = ScheduleConfig(**d)
+    schedule = ScheduleConfig.from_dict(d)
     if "img_ch" not in model_dict:  # follow the data set
         model_dict["img_ch"] = load_dataset(train_cfg.data, image_size=model_dict.get("img_size", 32)).channels
     model_cfg = UNetConfig.from_dict(model_dict)

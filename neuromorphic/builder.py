@@ -83,6 +83,43 @@ def _is_temb(node: Node) -> bool:
     return isinstance(node, AnalogInput) and node.kind == "temb"
 
 
+# ----- before anything: the graph against its host section ------------------------------------
+def _shape_text(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+def check_host(graph: SNNGraph) -> None:
+    """The shapes the host will feed and read must be the graph's, or Lava waits forever for values
+    that never come: one image input of the host section's image shape (channels first), a temb
+    input per block of the host's projection width, an output of the tail's channel count.  Raises
+    :class:`LavaBuildError` naming the node and the two shapes."""
+    host = graph.host
+    if host is None:
+        return
+    images = [n for n in graph.of_type(AnalogInput) if n.kind == "image"]
+    if len(images) != 1:
+        raise LavaBuildError(f"the graph needs exactly one image input, it has {len(images)}")
+    node, want = images[0], tuple(host.img_shape)
+    if tuple(node.shape) != want:
+        what = f"{node.shape[0]} channels, the host section's image has {want[0]}" if node.shape[0] != want[0] \
+            else f"{_shape_text(node.shape[1:])} pixels, the host section's image has {_shape_text(want[1:])}"
+        raise LavaBuildError(f"{node.name}: image input of shape {_shape_text(node.shape)} (C x H x W) but the host "
+                             f"section's image shape is {_shape_text(want)}: {what}")
+    for n in graph.of_type(AnalogInput):
+        if n.kind != "temb":
+            continue
+        proj = host.temb_proj.get(n.block)
+        if proj is None:
+            raise LavaBuildError(f"{n.name}: time-embedding input of block {n.block!r}, which the host section lacks")
+        if proj.w.shape[0] != n.shape[0]:
+            raise LavaBuildError(f"{n.name}: time-embedding input of {n.shape[0]} channels, the host projection of "
+                                 f"block {n.block!r} gives {proj.w.shape[0]}")
+    out = graph.output
+    if out.shape[0] != host.tail.channels:
+        raise LavaBuildError(f"{out.name}: graph output of shape {_shape_text(out.shape)} but the host section's tail "
+                             f"reads {host.tail.channels} channels")
+
+
 # ----- pass 1: timing -----------------------------------------------------------------------
 def depths(graph: SNNGraph) -> dict[str, int]:
     """The step at which each node's first valid input arrives (module docstring)."""

@@ -33,6 +33,7 @@ from sdm.images import save_grid
 from sdm.train.diffusion import GaussianDiffusion
 from sdm.train.samplers import Sampler, make_sampler
 
+from .builder import LavaBuildError, check_host
 from .simulator import LavaDenoiser
 
 
@@ -77,8 +78,14 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     if denoise_steps < 1 or n < 1:
         raise ConfigError("--denoise-steps and -n must be >= 1")
     graph = read_nir(nir_path)
-    chain = make_sampler(sampler, GaussianDiffusion(graph.host.schedule), denoise_steps, order=order,
-                         moments=graph.host.moments)
+    if graph.host is None:
+        raise LavaBuildError(f"{nir_path}: the file has no host section: not a denoiser")
+    check_host(graph)  # before any Lava process exists: a shape the host cannot feed would hang the run
+    diffusion = GaussianDiffusion(graph.host.schedule)
+    if denoise_steps > diffusion.steps:
+        raise ConfigError(f"--denoise-steps {denoise_steps} exceeds the {diffusion.steps}-step diffusion schedule of "
+                          f"{nir_path} ({sampler} calls the denoiser at most once per schedule step)")
+    chain = make_sampler(sampler, diffusion, denoise_steps, order=order, moments=graph.host.moments)
     pairs = chain.pairs(denoise_steps)  # K steps of the sampler; DDPM: the first K calls of its chain
     ts = [t for t, _ in pairs]
     ref = GraphDenoiser(graph, dtype=torch.float64)

@@ -5,14 +5,16 @@ calls ``eps = f(x_t, t)`` for a fixed batch size: the host computes the time-emb
 currents and sets them as neuron biases, writes ``x_t`` into the input buffer, runs
 ``run_length`` Lava steps, reads the recorded output window and applies the host-side
 tail.  It always shuts Lava down: on ``close()``, on leaving a ``with`` block, on errors,
-on Ctrl-C and at interpreter exit.
+on Ctrl-C, on SIGTERM and at interpreter exit; every exchange with the runtime is bounded
+(:func:`exchange_timeout`), and a run killed outright is cleaned up by its children and the
+next run (docs/lava-mapping.md, "Faults and clean-up").
 """
 
 from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
-import tempfile
+import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -21,13 +23,27 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sdm.errors import ConfigError
 from sdm.export.execute import GraphDenoiser
-from sdm.export.ir import SNNGraph
+from sdm.export.ir import AnalogInput, SNNGraph
 
-from .builder import LavaGraph, build, whc
-from .lava_runtime import ensure_lava_runtime
+from .builder import LavaGraph, build, check_host, whc
+from .lava_runtime import (
+    LavaTimeoutError,
+    ensure_lava_runtime,
+    hold_sigterm,
+    recording_segments,
+    release_sigterm,
+    watchdog,
+)
+from .rundir import RunDir, sweep_stale
 
 MODES = ("floating_pt", "fixed_pt")
+TIMEOUT_ENV = "SDM_LAVA_TIMEOUT"  # seconds for every exchange with the runtime (0: unbounded)
+TIMEOUT_BASE_S = 60.0  # every exchange
+TIMEOUT_PER_PROCESS_STEP_S = 0.01  # a run: ~30x the 0.34 ms per process and step measured on 2 cores
+TIMEOUT_PER_VALUE_S = 1e-3  # a Var set: one message per value
+TIMEOUT_COMPILE_S = 600.0  # the first run also compiles and starts every process
 _OPEN: "weakref.WeakSet[LavaDenoiser]" = weakref.WeakSet()
 
 
@@ -65,6 +81,21 @@ def runtime_internals(runtime) -> RuntimeInternals:
     infra = runtime._messaging_infrastructure
     stops = [infra.smm.shutdown] if infra.smm is not None else []
     return RuntimeInternals(actors=list(infra.actors), stops=stops + [runtime._watchdog_manager.stop])
+
+
+def exchange_timeout(default: float) -> float | None:
+    """The bound of one exchange with the runtime: ``default`` seconds, or ``$SDM_LAVA_TIMEOUT`` when set
+    (``0``: no bound)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"{TIMEOUT_ENV} must be >= 0 seconds, got {text!r}")
+    return value or None
 
 
 def _force_stop(runtime) -> None:
@@ -106,9 +137,14 @@ class LavaNetwork:
         self.mode = mode
         self.batch = batch
         self.T = T
-        self._probe_dir = tempfile.TemporaryDirectory(prefix="sdm-lava-")
-        self.net: LavaGraph = build(graph, self.T, self._probe_dir.name, batch=batch, record_spikes=record_spikes,
-                                    threshold_scale=threshold_scale, plan=self.plan)
+        sweep_stale()  # what killed runs left behind
+        self._run_dir = RunDir()
+        try:
+            self.net: LavaGraph = build(graph, self.T, self._run_dir.path, batch=batch, record_spikes=record_spikes,
+                                        threshold_scale=threshold_scale, plan=self.plan)
+        except BaseException:
+            self._run_dir.cleanup()
+            raise
         self.record_spikes = record_spikes
         self.compiled = False
         self.closed = False
@@ -117,6 +153,7 @@ class LavaNetwork:
         self.timing = {"set_inputs": 0.0, "run": 0.0, "read_records": 0.0}
         self.last_spikes: dict[str, np.ndarray] = {}
         _OPEN.add(self)
+        hold_sigterm()  # SIGTERM now shuts Lava down as Ctrl-C does
 
     # ----- lifecycle --------------------------------------------------------------------------
     def _run_cfg(self):
@@ -128,11 +165,27 @@ class LavaNetwork:
         conv_model = FastConvModelFloat if self.mode == "floating_pt" else FastConvModelFixed
         return Loihi2SimCfg(select_tag=self.mode, exception_proc_model_map={Conv: conv_model})
 
-    def _run(self):
+    @property
+    def run_dir(self) -> str:
+        """The run folder (probes, owner marker, segment log; :mod:`.rundir`)."""
+        return self._run_dir.path
+
+    def run_timeout(self, first: bool = False) -> float | None:
+        """The bound of one run: ``60 s + 10 ms x processes x steps`` (+ 600 s for the first, which compiles)."""
+        bound = TIMEOUT_BASE_S + TIMEOUT_PER_PROCESS_STEP_S * self.num_processes * self.net.run_length
+        return exchange_timeout(bound + (TIMEOUT_COMPILE_S if first else 0.0))
+
+    def _exchange(self, what: str, seconds: float | None):
+        """A bounded many-message exchange with the runtime; past the bound Lava is stopped by force."""
+        self._in_lava = True
+        return watchdog(seconds, what)
+
+    def _run(self, first: bool = False):
         from lava.magma.core.run_conditions import RunSteps
 
-        self._in_lava = True
-        self.net.source.run(condition=RunSteps(num_steps=self.net.run_length), run_cfg=self._run_cfg())
+        steps = self.net.run_length
+        with self._exchange(f"a Lava run of {steps} steps ({self.num_processes} processes)", self.run_timeout(first)):
+            self.net.source.run(condition=RunSteps(num_steps=steps), run_cfg=self._run_cfg())
         self._in_lava = False
 
     def close(self) -> None:
@@ -141,6 +194,14 @@ class LavaNetwork:
             return
         self.closed = True
         _OPEN.discard(self)
+        try:
+            self._stop_runtime()
+        finally:
+            self.net.probes.clear()
+            self._run_dir.cleanup()  # the probes, and any segment of this run that is still there
+            release_sigterm()
+
+    def _stop_runtime(self) -> None:
         if self.compiled:
             runtime = self.net.source.runtime
             actors = runtime_internals(runtime).actors
@@ -153,8 +214,9 @@ class LavaNetwork:
                     self.net.source.stop()
                 except Exception:  # the runtime may already be down after an error
                     _force_stop(runtime)
-        self.net.probes.clear()
-        self._probe_dir.cleanup()
+                except BaseException:  # Ctrl-C or SIGTERM during the stop: finish it by force
+                    _force_stop(runtime)
+                    raise
 
     def __enter__(self):
         return self
@@ -174,15 +236,25 @@ class LavaNetwork:
         B, T = self.batch, self.T
         if x.dim() != 4 or x.shape[0] != B:
             raise ValueError(f"this simulator was built for batches of {B} images, got shape {list(x.shape)}")
+        image_shape = next(n.shape for n in self.graph.of_type(AnalogInput) if n.kind == "image")
+        if tuple(x.shape[1:]) != tuple(image_shape):
+            raise ValueError(f"this simulator takes images of shape {list(image_shape)}, got {list(x.shape[1:])}")
         image = x.numpy()
         data = np.repeat(np.stack([whc(img) for img in image], axis=-1), T, axis=-1)  # (W, H, C, B*T)
         if self.plan is not None:
             data = self.plan.quantize_input(data)
-        self._in_lava = True  # a Var set is a many-message exchange with the runtime
-        self.net.source.data.set(data)
+        graded = None
         if self.net.temb_source is not None:
             graded = np.asarray(temb, dtype=np.float64).reshape(-1, 1)
-            self.net.temb_source.data.set(graded if self.plan is None else self.plan.current(graded))
+            if graded.shape != self.net.temb_source.data.shape:
+                raise ValueError(f"the time embedding has {graded.shape[0]} values, the network takes "
+                                 f"{self.net.temb_source.data.shape[0]}")
+        values = data.size + (graded.size if graded is not None else 0)
+        seconds = exchange_timeout(TIMEOUT_BASE_S + TIMEOUT_PER_VALUE_S * values)
+        with self._exchange("setting the inputs of a Lava run", seconds):  # a Var set: one message per value
+            self.net.source.data.set(data)
+            if graded is not None:
+                self.net.temb_source.data.set(graded if self.plan is None else self.plan.current(graded))
         self._in_lava = False
 
     def run_graph(self, x: torch.Tensor, temb: np.ndarray | None = None) -> torch.Tensor:
@@ -195,9 +267,13 @@ class LavaNetwork:
             self.compile_seconds = time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
-            self.set_inputs(x, temb)
-            t1 = time.perf_counter()
-            self._run()
+            try:
+                self.set_inputs(x, temb)
+                t1 = time.perf_counter()
+                self._run()
+            except LavaTimeoutError:
+                self.close()
+                raise
             self.timing["set_inputs"] += t1 - t0
             self.timing["run"] += time.perf_counter() - t1
         t0 = time.perf_counter()
@@ -213,7 +289,9 @@ class LavaNetwork:
         # Lava compiles on the first run; Vars can only be set once the runtime exists,
         # so the first call runs once to build, then again with the real inputs.
         try:
-            self._run()
+            run_dir = self._run_dir
+            with recording_segments(run_dir.segments_path, run_dir.folders_path):  # the runtime's segments
+                self._run(first=True)
             self.compiled = True
             self.set_inputs(x, temb)
             self._run()
@@ -241,6 +319,7 @@ class LavaDenoiser(LavaNetwork):
                  threshold_scale: float = 1.0):
         if graph.host is None:
             raise ValueError("the graph has no host-side parameters: not a denoiser")
+        check_host(graph)
         self.host = GraphDenoiser(graph, dtype=torch.float64)
         self.host.threshold_scale = threshold_scale
         super().__init__(graph, graph.host.T, batch=batch, mode=mode, record_spikes=record_spikes,

@@ -171,6 +171,9 @@ def _write_conv(node: Conv, meta: dict):
 def _write_neurons(node: IFNeurons, meta: dict):
     import nir
 
+    if node.params.input_scale != 1.0:  # no NIR node or extension carries it yet: never drop it silently
+        raise GraphError(f"{node.name}: neurons with an input scale ({node.params.input_scale:g}, LIF with "
+                         "decay_input) cannot be written to NIR yet; fold the scale into the conv before them")
     if not node.standard:
         # NIR's IF resets to v_reset, starts at 0 and emits 0/1: subtractive reset, v_init and signed
         # spikes travel as an extension

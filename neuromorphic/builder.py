@@ -267,6 +267,9 @@ def _neurons(ctx: BuildContext, node: IFNeurons) -> AbstractProcess:
     from .lava_models.processes import RecordingLIFReset
 
     th = node.threshold
+    if node.params.input_scale != 1.0:
+        raise LavaBuildError(f"{node.name}: neurons with an input scale ({node.params.input_scale:g}) have no "
+                             "Lava mapping yet; fold the scale into the conv before them")
     if not np.all(th == th.flat[0]):
         raise LavaBuildError(f"{node.name}: per-neuron thresholds are not supported (Lava LIF has one vth)")
     theta, b, plan = float(th.flat[0]) * ctx.threshold_scale, ctx.constant(node.name), ctx.plan

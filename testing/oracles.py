@@ -50,3 +50,37 @@ def multistep_if_reference(x_seq: torch.Tensor, theta: float = 1.0, decay: float
         v = h - theta * s if reset == "subtract" else h * (1.0 - s)
         out.append(s)
     return torch.stack(out)
+
+
+def lif_step(v: torch.Tensor, x: torch.Tensor, tau: float = 2.0, theta=1.0):
+    """One step of spikingjelly's ``LIFNode`` (``decay_input=True``, hard reset to 0), written as
+    spikingjelly writes it: ``h = v + (x - v) / tau``; returns ``(spike, v_next, h)``."""
+    h = v + (x - v) / tau
+    s = (h >= theta).to(x.dtype)
+    return s, h * (1.0 - s), h
+
+
+def multistep_lif_reference(x_seq: torch.Tensor, tau: float = 2.0, theta: float = 1.0,
+                            alpha: float = ATAN_ALPHA) -> torch.Tensor:
+    """Step-by-step autograd ``LIFNode`` (spikingjelly's charge ``v + (x - v) / tau``, ATan surrogate,
+    hard reset to 0 with the gradient through the reset, ``detach_reset=False``)."""
+
+    class _Heaviside(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u):
+            ctx.save_for_backward(u)
+            return (u >= 0).to(u.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            (u,) = ctx.saved_tensors
+            return g * atan_surrogate(u, alpha)
+
+    v = torch.zeros_like(x_seq[0])
+    out = []
+    for t in range(x_seq.shape[0]):
+        h = v + (x_seq[t] - v) / tau
+        s = _Heaviside.apply(h - theta)
+        v = h * (1.0 - s)
+        out.append(s)
+    return torch.stack(out)

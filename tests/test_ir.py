@@ -149,3 +149,13 @@ def test_samplers_own_their_timesteps_and_noise():
     x = denoise(lambda x, t: torch.zeros_like(x), ddpm, torch.ones(2, 1, 2, 2), torch.Generator().manual_seed(0),
                 limit=4, on_call=lambda x, t, eps: seen.append(int(t[0])))
     assert seen == [49, 48, 47, 46] and x.shape == (2, 1, 2, 2)
+
+
+def test_lif_input_scale_is_refused_where_it_cannot_travel(tmp_path):
+    """An LIF's 1/tau input scale has no NIR form yet: the writer refuses it instead of dropping it."""
+    nodes = {"x": AnalogInput("x", (1, 1, 1)), "n": IFNeurons("n", np.ones((1, 1, 1)), NeuronParams.lif(2.0)),
+             "out": Output("out", (1, 1, 1))}
+    graph = SNNGraph(nodes, [("x", "n"), ("n", "out")])
+    with pytest.raises(GraphError, match="input scale"):
+        write_nir(graph, tmp_path / "g.nir")
+    assert not (tmp_path / "g.nir").exists()

@@ -2,8 +2,8 @@
 
 For every spiking step ``t = 0 .. T-1`` of an input current ``x[t]``::
 
-    h[t] = decay * v[t-1] + x[t]          charge   (v[-1] = v_init * theta, v_init = 0 by default;
-                                                     decay = 1 is pure IF)
+    h[t] = decay * v[t-1] + c * x[t]      charge   (v[-1] = v_init * theta, v_init = 0 by default;
+                                                     decay = 1, c = 1 is pure IF; c = input_scale)
     s[t] = H(h[t] - theta)                 fire     (H(0) = 1, as spikingjelly)
     v[t] = h[t] * (1 - s[t])               hard reset to 0          (reset="zero", the default)
     v[t] = h[t] - theta * s[t]             reset by subtraction     (reset="subtract")
@@ -21,6 +21,12 @@ error to its readers: its net count tracks ``k(mean input)`` even when the input
 arrives unevenly over the steps.  The margin ``m``
 (``inhibit_margin``, 1e-3) keeps rounding noise at 0 from producing inhibition.
 
+The LIF neuron of spikingjelly (``LIFNode``, ``decay_input=True``, the Spiking-Diffusion
+family) charges ``h[t] = v[t-1] + (x[t] - v[t-1]) / tau``, which is the same update with
+``decay = 1 - 1/tau`` and ``input_scale = 1/tau`` (:meth:`NeuronParams.lif`; tau = 2 gives
+decay 1/2 and input scale 1/2).  IF is the special case ``input_scale = 1`` (``tau -> inf``
+with the input not decayed).
+
 The subtractive reset with ``v_init = 1/2`` is the neuron of ANN-to-SNN
 conversion (Fast-SNN, SDM section 6): with a constant input ``x`` for ``T``
 steps it fires ``clamp(floor(T*x/theta + 1/2), 0, T)`` times, the quantised
@@ -33,7 +39,8 @@ ReLU of ``train/conversion.py`` with clip ``theta`` and ``T = 2^b - 1`` levels.
 
 and, as in the reference (``detach_reset=False``), the gradient also flows
 through the reset: ``dv/dh = (1 - s) - h * sg`` (hard reset) or
-``dv/dh = 1 - theta * sg`` (subtractive reset).
+``dv/dh = 1 - theta * sg`` (subtractive reset); ``dh[t]/dx[t] = input_scale`` and
+``dh[t]/dv[t-1] = decay``.
 
 A signed neuron's net count is the quantised ReLU of its mean input, so its
 backward pass is that of the rate (straight-through, as PACT without the clip
@@ -78,13 +85,14 @@ INHIBIT_MARGIN = 1e-3  # default: a signed neuron inhibits at v <= -margin, so f
 class NeuronParams:
     """The dynamics of a neuron group, everything but its threshold (module docstring)::
 
-        h[t] = decay * v[t-1] + x[t];  s[t] = H(h[t] - theta);  v[-1] = v_init * theta
+        h[t] = decay * v[t-1] + input_scale * x[t];  s[t] = H(h[t] - theta);  v[-1] = v_init * theta
         v[t] = h[t] * (1 - s[t])  (reset "zero")   or   h[t] - theta * s[t]  (reset "subtract")
         signed: s-[t] = (v'[t] <= -inhibit_margin) and (n[t-1] + s+[t] > 0)
 
     The one record and the one validation of neuron parameters: the PyTorch layer
     (:class:`IFNeuron`), the model configuration and the graph IR's neuron node all build one.
     The threshold is not part of it: a scalar in a PyTorch layer, a per-neuron array in the IR.
+    ``input_scale`` (1 for IF) is the LIF's ``1/tau`` on the input: see :meth:`lif`.
     """
 
     decay: float = 1.0
@@ -92,9 +100,23 @@ class NeuronParams:
     v_init: float = 0.0  # a fraction of the threshold
     signed: bool = False
     inhibit_margin: float = INHIBIT_MARGIN
+    input_scale: float = 1.0  # c in h = decay * v + c * x; 1 / tau for an LIF neuron (lif())
+
+    @classmethod
+    def lif(cls, tau: float = 2.0, **kw) -> "NeuronParams":
+        """spikingjelly's ``LIFNode(tau, decay_input=True)``: ``h = v + (x - v) / tau``, i.e.
+        ``decay = 1 - 1/tau`` and ``input_scale = 1/tau`` (hard reset to 0 unless ``reset`` is given)."""
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or not tau > 1.0:
+            raise ConfigError(f"LIF tau must be a finite number > 1, got {tau!r}")
+        return cls(decay=1.0 - 1.0 / tau, input_scale=1.0 / tau, **kw)
+
+    @property
+    def is_lif(self) -> bool:
+        """Whether the input is scaled (an LIF neuron with ``decay_input``); IF and leaky IF are not."""
+        return self.input_scale != 1.0
 
     def __post_init__(self):
-        for name in ("decay", "v_init", "inhibit_margin"):
+        for name in ("decay", "v_init", "inhibit_margin", "input_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"neuron {name} must be a finite number, got {value!r}")
@@ -109,6 +131,11 @@ class NeuronParams:
                               "theta back, which only a subtractive, non-leaky neuron conserves)")
         if not self.inhibit_margin > 0:
             raise ConfigError(f"neuron inhibit_margin must be positive, got {self.inhibit_margin}")
+        if not 0.0 < self.input_scale <= 1.0:
+            raise ConfigError(f"neuron input_scale must be in (0, 1] (1 = IF, 1/tau = LIF), got {self.input_scale}")
+        if self.signed and self.input_scale != 1.0:
+            raise ConfigError("signed spikes need input_scale 1 (the rate backward of a signed neuron counts "
+                              "the raw input charge)")
 
 
 def _signed_update(h: torch.Tensor, pos: torch.Tensor, theta, count: torch.Tensor, margin: float):
@@ -125,6 +152,7 @@ class _MultiStepIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, theta: float | torch.Tensor, p: "NeuronParams", alpha: float):
         decay, v_init, signed, subtract = p.decay, p.v_init, p.signed, p.reset == "subtract"
+        scale = p.input_scale
         h_seq = torch.empty_like(x_seq)
         v = torch.zeros_like(x_seq[0])
         if v_init != 0.0:
@@ -133,10 +161,11 @@ class _MultiStepIF(torch.autograd.Function):
         neg_seq = torch.zeros_like(x_seq) if signed else None
         for t in range(x_seq.shape[0]):
             h = h_seq[t]
+            x = x_seq[t] if scale == 1.0 else x_seq[t] * scale
             if decay == 1.0:
-                torch.add(x_seq[t], v, out=h)
+                torch.add(x, v, out=h)
             else:
-                torch.add(x_seq[t], v, alpha=decay, out=h)
+                torch.add(x, v, alpha=decay, out=h)
             if signed:
                 v, s = _signed_update(h, (h >= theta).to(h.dtype), theta, count, p.inhibit_margin)
                 neg_seq[t] = s.clamp(max=0.0)
@@ -153,7 +182,7 @@ class _MultiStepIF(torch.autograd.Function):
             ctx.save_for_backward(((charge > 0) & (charge < T * theta)).to(x_seq.dtype) / (T * theta))
         else:
             ctx.save_for_backward(h_seq)
-        ctx.theta, ctx.decay, ctx.alpha, ctx.subtract = theta, decay, alpha, subtract
+        ctx.theta, ctx.decay, ctx.alpha, ctx.subtract, ctx.scale = theta, decay, alpha, subtract, scale
         return spikes
 
     @staticmethod
@@ -177,6 +206,8 @@ class _MultiStepIF(torch.autograd.Function):
                     gh = gh + grad_v * (not_spiked - h * sg)
             grad_x[t] = gh
             grad_v = gh * decay if decay != 1.0 else gh
+        if ctx.scale != 1.0:  # dh/dx = input_scale
+            grad_x.mul_(ctx.scale)
         return grad_x, None, None, None
 
 
@@ -250,6 +281,7 @@ class IFNeuron(nn.Module):
     def extra_repr(self) -> str:
         extra = f", reset={self.reset}, v_init={self.v_init}" if self.reset != "zero" or self.v_init else ""
         extra += ", signed" if self.signed else ""
+        extra += f", input_scale={self.params.input_scale}" if self.params.is_lif else ""
         return f"theta={self.theta}, decay={self.decay}, threshold_scale={self.threshold_scale}{extra}"
 
 

@@ -456,3 +456,31 @@ def test_import_checkpoint_command(tmp_path, capsys):
     assert main(["import-checkpoint", str(fixtures / "sdm_tsm_ch16_T8.ckpt.pt"), "--from", "sddpm",
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert "use --from sdm" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+# ----- Spiking-Diffusion through the CLI ---------------------------------------------------------
+def test_spiking_diffusion_train_resume_sample(tmp_path, capsys):
+    """Stage 1 (VQ-SVAE), stage 2 (SDID on its tokens), an exact-family resume, a grid, and the
+    UNet-only options refused instead of ignored."""
+    from sdm.train.checkpoint import load_checkpoint
+    from sdm.train.sd_model import checkpoint_kind
+
+    vq, ab, grid = tmp_path / "vq", tmp_path / "ab", tmp_path / "g.png"
+    assert main(["train", "--model", "vq-svae", "--data", "mnist-bundled", "--out", str(vq), "--steps", "2",
+                 "--batch-size", "4"]) == 0
+    assert checkpoint_kind(load_checkpoint(vq / "model.pt")) == "vq-svae"
+    assert main(["train", "--resume", str(vq / "model.pt"), "--steps", "3"]) == 0  # the family is kept
+    assert load_checkpoint(vq / "model.pt")["step"] == 3
+    assert main(["train", "--model", "absorbing", "--vqvae", str(vq / "model.pt"), "--data", "mnist-bundled",
+                 "--out", str(ab), "--steps", "2", "--batch-size", "4"]) == 0
+    assert main(["sample", str(ab / "model.pt"), "-n", "2", "--temperature", "0.9", "--out", str(grid)]) == 0
+    assert grid.stat().st_size > 0
+    capsys.readouterr()
+    for argv, flag in ((["train", "--model", "vq-svae", "--ch", "4", "--out", str(tmp_path / "x")], "--ch"),
+                       (["train", "--model", "absorbing", "--out", str(tmp_path / "y")], "--vqvae"),
+                       (["sample", str(ab / "model.pt"), "--threshold-scale", "0.99", "--out", str(tmp_path / "h.png")],
+                        "--threshold-scale")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "h.png").exists()

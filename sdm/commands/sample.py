@@ -23,6 +23,8 @@ def add_parser(sub):
     p.add_argument("--threshold-scale", type=float, default=1.0, help="threshold guidance: theta' = S * theta")
     p.add_argument("--threshold-sweep", type=options.floats, help="e.g. 0.997,1.0,1.003: one grid per value")
     p.add_argument("--scale", type=int, default=2, help=f"enlarge the PNG by this factor (1..{MAX_SCALE})")
+    p.add_argument("--temperature", type=float,
+                   help="token sampling temperature of a Spiking-Diffusion (absorbing) model (default 1)")
     p.set_defaults(func=run)
     return p
 
@@ -35,6 +37,10 @@ def run(a) -> None:
     scales = _check_options(a)
     device = options.pick_device(a)
     paths = _outputs(a, scales, sweep_paths)
+    if _sample_absorbing(a, paths[0], device):
+        return
+    if a.temperature is not None:
+        raise UserError("--temperature applies to Spiking-Diffusion (absorbing) models; this is a spiking UNet")
     model, diffusion, ckpt = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device)
     moments = checkpoint_moments(ckpt)
     for s, path in zip(scales, paths):
@@ -43,6 +49,30 @@ def run(a) -> None:
                      threshold_scale=s, batch_size=a.batch_size, device=device, order=a.order, moments=moments)
         save_grid(x, path, scale=a.scale)
         print(f"wrote {path} ({a.n} samples, {a.sampler}, threshold x{s:g}, {time.perf_counter() - t0:.1f} s)")
+
+
+def _sample_absorbing(a, path: Path, device: str) -> bool:
+    """A Spiking-Diffusion (absorbing) checkpoint: its grid, and True; any other checkpoint: False."""
+    from sdm.images import save_grid
+    from sdm.train.checkpoint import load_checkpoint
+    from sdm.train.sd_model import ABSORBING_KIND, checkpoint_kind, sample_absorbing
+
+    ckpt = load_checkpoint(a.model)
+    if checkpoint_kind(ckpt) != ABSORBING_KIND:
+        return False
+    unet_only = [flag for flag, given in (("--sampler", a.sampler != "ddim"), ("--eta", a.eta != 0.0),
+                                          ("--threshold-scale", a.threshold_scale != 1.0),
+                                          ("--threshold-sweep", bool(a.threshold_sweep)), ("--no-ema", a.no_ema))
+                 if given]
+    if unet_only:
+        raise UserError(f"{unet_only[0]} applies to the spiking UNet, not to a Spiking-Diffusion model")
+    temperature = 1.0 if a.temperature is None else a.temperature
+    options.check_float(temperature, "--temperature", low=0.0, low_open=True)
+    t0 = time.perf_counter()
+    x = sample_absorbing(ckpt, a.n, temperature=temperature, seed=a.seed, device=device, batch_size=a.batch_size)
+    save_grid(x, path, scale=a.scale)
+    print(f"wrote {path} ({a.n} samples, absorbing, temperature {temperature:g}, {time.perf_counter() - t0:.1f} s)")
+    return True
 
 
 def _check_options(a) -> list[float]:

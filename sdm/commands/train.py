@@ -44,9 +44,11 @@ def add_parser(sub):
     p.add_argument("--T", type=int, help="spiking steps per denoiser call")
     p.add_argument("--img-size", type=int, help=f"image size, at most {options.MAX_IMG_SIZE} and a multiple of "
                                                 "2^(levels - 1) of --ch-mult")
-    p.add_argument("--model", choices=["snn", "ann", "qann"],
+    p.add_argument("--model", choices=["snn", "ann", "qann", "vq-svae", "absorbing"],
                    help="snn: the spiking UNet (default); ann: the same UNet with an analog activation "
-                        "(runs with T=1); qann: quantised-ReLU ANN for `sdm convert`")
+                        "(runs with T=1); qann: quantised-ReLU ANN for `sdm convert`; vq-svae, absorbing: the two "
+                        "stages of Spiking-Diffusion (docs/spiking-diffusion.md)")
+    p.add_argument("--vqvae", metavar="VQ.pt", help="--model absorbing: the trained VQ-SVAE whose tokens it learns")
     p.add_argument("--activation", choices=["swish", "relu"], help="activation of --model ann (default swish)")
     p.add_argument("--bits", type=int, help="activation bits of --model qann (default 2; converts to T = 2^bits - 1)")
     p.set_defaults(func=run)
@@ -70,6 +72,21 @@ def run(a) -> None:
     options.apply_threads(a)
     _check_options(a)
     device = options.check_device(a.device)
+    if a.model is None and a.resume:  # a resumed run keeps its family
+        from sdm.train.checkpoint import load_checkpoint
+        from sdm.train.sd_model import checkpoint_kind
+
+        a.model = checkpoint_kind(load_checkpoint(a.resume))
+    if a.model in ("vq-svae", "absorbing"):
+        from . import train_sd
+
+        train_sd.check_options(a)
+        out, start = train_sd.start(a, device)
+        _check_out(a, out)
+        train_sd.report(_locked(a, out, start))
+        return
+    if a.vqvae:
+        raise UserError("--vqvae applies to --model absorbing")
     overrides = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
     model_over = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     model_over.update(model_kind(a))

@@ -27,26 +27,30 @@ def if_step(v: torch.Tensor, x: torch.Tensor, theta, decay: float = 1.0, reset: 
     return s, h * (1.0 - s), h
 
 
+class _Heaviside(torch.autograd.Function):
+    """``H(u)`` (``H(0) = 1``) with the ATan surrogate gradient of width ``alpha``, as spikingjelly."""
+
+    @staticmethod
+    def forward(ctx, u, alpha):
+        ctx.save_for_backward(u)
+        ctx.alpha = alpha
+        return (u >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        return g * atan_surrogate(u, ctx.alpha), None
+
+
 def multistep_if_reference(x_seq: torch.Tensor, theta: float = 1.0, decay: float = 1.0,
                            alpha: float = ATAN_ALPHA, reset: str = "zero", v_init: float = 0.0) -> torch.Tensor:
     """Step-by-step autograd version (spikingjelly's formulation); used to test the fused one."""
-
-    class _Heaviside(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, u):
-            ctx.save_for_backward(u)
-            return (u >= 0).to(u.dtype)
-
-        @staticmethod
-        def backward(ctx, g):
-            (u,) = ctx.saved_tensors
-            return g * atan_surrogate(u, alpha)
 
     v = torch.zeros_like(x_seq[0]) + v_init * theta
     out = []
     for t in range(x_seq.shape[0]):
         h = decay * v + x_seq[t]
-        s = _Heaviside.apply(h - theta)
+        s = _Heaviside.apply(h - theta, alpha)
         v = h - theta * s if reset == "subtract" else h * (1.0 - s)
         out.append(s)
     return torch.stack(out)
@@ -65,22 +69,11 @@ def multistep_lif_reference(x_seq: torch.Tensor, tau: float = 2.0, theta: float 
     """Step-by-step autograd ``LIFNode`` (spikingjelly's charge ``v + (x - v) / tau``, ATan surrogate,
     hard reset to 0 with the gradient through the reset, ``detach_reset=False``)."""
 
-    class _Heaviside(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, u):
-            ctx.save_for_backward(u)
-            return (u >= 0).to(u.dtype)
-
-        @staticmethod
-        def backward(ctx, g):
-            (u,) = ctx.saved_tensors
-            return g * atan_surrogate(u, alpha)
-
     v = torch.zeros_like(x_seq[0])
     out = []
     for t in range(x_seq.shape[0]):
         h = v + (x_seq[t] - v) / tau
-        s = _Heaviside.apply(h - theta)
+        s = _Heaviside.apply(h - theta, alpha)
         v = h * (1.0 - s)
         out.append(s)
     return torch.stack(out)

@@ -29,6 +29,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import is_live, proc_table
 from torch.nn import functional as F
 
 from sdm.export.execute import GraphDenoiser, GraphModule
@@ -76,28 +77,6 @@ def deadline(seconds: float, what: str = "Lava"):
         signal.signal(signal.SIGALRM, old)
 
 
-def _proc_table() -> dict[int, dict]:
-    """pid -> {ppid, pgid, state, start, cmd} of every process (from /proc)."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        table[int(d)] = dict(state=rest[0], ppid=int(rest[1]), pgid=int(rest[2]), start=int(rest[19]), cmd=cmd)
-    return table
-
-
-def _live(info) -> bool:
-    return info["state"] not in ("Z", "X")  # zombies are dead, only not yet reaped
-
-
 def _is_resource_tracker(info) -> bool:
     # multiprocessing's per-interpreter helper: started with the first shared memory, lives until exit
     return "multiprocessing.resource_tracker" in info["cmd"]
@@ -106,7 +85,7 @@ def _is_resource_tracker(info) -> bool:
 def descendants(pid: int | None = None) -> dict[int, dict]:
     """Live descendants of ``pid`` (default: this process), without multiprocessing's resource tracker."""
     pid = os.getpid() if pid is None else pid
-    table = _proc_table()
+    table = proc_table()
     children: dict[int, list[int]] = {}
     for p, info in table.items():
         children.setdefault(info["ppid"], []).append(p)
@@ -115,7 +94,7 @@ def descendants(pid: int | None = None) -> dict[int, dict]:
         p = todo.pop()
         found[p] = table[p]
         todo.extend(children.get(p, []))
-    return {p: i for p, i in found.items() if _live(i) and not _is_resource_tracker(i)}
+    return {p: i for p, i in found.items() if is_live(i) and not _is_resource_tracker(i)}
 
 
 def wait_no_new_descendants(before: set[int], grace: float = 10.0) -> dict[int, dict]:
@@ -442,7 +421,7 @@ def test_ctrl_c_leaves_no_processes(tmp_path, target):
     pgid = proc.pid  # start_new_session: its own process group
 
     def group():
-        return {p: i for p, i in _proc_table().items() if i["pgid"] == pgid and _live(i)}
+        return {p: i for p, i in proc_table().items() if i["pgid"] == pgid and is_live(i)}
 
     try:
         end = time.monotonic() + 120
@@ -467,8 +446,9 @@ def test_ctrl_c_leaves_no_processes(tmp_path, target):
             time.sleep(0.1)
         left = group()
         assert not left, f"{len(left)} processes left behind: {list(left.items())[:3]}"
-        table = _proc_table()
-        assert not [p for p, i in running.items() if p in table and table[p]["start"] == i["start"] and _live(table[p])]
+        table = proc_table()
+        assert not [p for p, i in running.items()
+                    if p in table and table[p]["start"] == i["start"] and is_live(table[p])]
     finally:
         if proc.poll() is None or group():
             with contextlib.suppress(ProcessLookupError):

@@ -28,8 +28,7 @@ from torch.nn import functional as F
 
 from sdm.errors import ConfigError
 
-from .config import strict_from_dict
-from .unet import check_field_types
+from .config import check_field_types, strict_from_dict
 
 LOSSES = ("reweighted_elbo", "elbo")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

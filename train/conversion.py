@@ -48,11 +48,7 @@ from torch import nn
 from sdm.errors import ConfigError, SDMError
 
 from .checkpoint import (
-    build_denoiser,
-    check_state_dict,
     checkpoint_schedule,
-    checkpoint_weights,
-    denoiser_configs,
     uses_ema,
 )
 
@@ -232,13 +228,10 @@ def finetune_blocks(snn: nn.Module, qann: nn.Module, data, diffusion, steps: int
 
 
 def _checked_model(ckpt: dict, use_ema: bool, what: str):
-    """The checkpoint's model with the chosen weights, its config and tensors checked (one-line errors)."""
-    cfg, _ = denoiser_configs(ckpt, what)
-    model = build_denoiser(cfg, what)
-    weights = checkpoint_weights(ckpt, use_ema)
-    check_state_dict(weights, model.state_dict(), "ema" if uses_ema(ckpt, use_ema) else "model", what)
-    model.load_state_dict(weights)
-    return model
+    """The checkpoint's model with the chosen weights, checked as every command checks a checkpoint."""
+    from .sampling import model_from_checkpoint
+
+    return model_from_checkpoint(what, use_ema=use_ema, ckpt=ckpt)[0]
 
 
 def finetune_from_checkpoints(qann_ckpt: dict, snn_ckpt: dict, steps: int, lr: float = 1e-4,

@@ -29,7 +29,7 @@ from sdm.errors import ConfigError
 
 from .absorbing import AbsorbingConfig, AbsorbingDiffusion
 from .checkpoint import CheckpointError, load_weights, save_checkpoint
-from .config import strict_from_dict
+from .config import MAX_SEED, check_field_types, check_rules, strict_from_dict
 from .data import ImageDataset, infinite_loader, load_dataset
 from .sd_model import (
     ABSORBING_KIND,
@@ -42,10 +42,7 @@ from .sd_model import (
     section_config,
 )
 from .sdid import SDID, SDIDConfig
-from .unet import check_field_types
 from .vqsvae import VQSVAE, VQSVAEConfig, data_variance, vqsvae_loss
-
-MAX_SEED = 1_000_000
 
 
 @dataclass
@@ -72,9 +69,7 @@ class SDTrainConfig:
                  ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("holdout", self.holdout >= 0, ">= 0"),
                  ("seed", 0 <= self.seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
                  ("ckpt_every", self.ckpt_every >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1"))
-        for name, ok, rule in rules:
-            if not ok:
-                raise ConfigError(f"invalid training config: {name}={getattr(self, name)!r} must be {rule}")
+        check_rules(self, "training", rules)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SDTrainConfig":

@@ -23,9 +23,8 @@ from torch.nn import functional as F
 
 from sdm.errors import ConfigError
 
-from .config import strict_from_dict
+from .config import check_field_types, strict_from_dict
 from .neuron import NeuronParams
-from .unet import check_field_types
 from .vqsvae import SpikingConv, repeat_steps
 
 INPUTS = ("raw", "onehot")

@@ -27,13 +27,11 @@ from torch import nn
 from sdm.errors import ConfigError
 
 from .checkpoint import CheckpointError, denoiser_configs, load_checkpoint, load_weights, save_checkpoint
-from .config import strict_from_dict
+from .config import MAX_SEED, check_field_types, check_rules, strict_from_dict
 from .data import ImageDataset, infinite_loader, load_dataset
 from .diffusion import GaussianDiffusion, ScheduleConfig
 from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
-from .unet import SpikingUNet, UNetConfig, check_field_types
-
-MAX_SEED = 1_000_000  # the per-step generator seeds derived from it stay below 2^64
+from .unet import SpikingUNet, UNetConfig
 
 
 @dataclass
@@ -63,9 +61,7 @@ class TrainConfig:
                  ("ema_bn_batches", self.ema_bn_batches >= 0, ">= 0"), ("warmup", self.warmup >= 0, ">= 0"),
                  ("seed", 0 <= self.seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
                  ("ckpt_every", self.ckpt_every >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1"))
-        for name, ok, rule in rules:
-            if not ok:
-                raise ConfigError(f"invalid training config: {name}={getattr(self, name)!r} must be {rule}")
+        check_rules(self, "training", rules)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

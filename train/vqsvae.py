@@ -36,10 +36,9 @@ from torch.nn import functional as F
 
 from sdm.errors import ConfigError
 
-from .config import strict_from_dict
+from .config import check_field_types, strict_from_dict
 from .layers import MembraneReadout
 from .neuron import IFNeuron, NeuronParams
-from .unet import check_field_types
 
 
 @dataclass

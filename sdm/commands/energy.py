@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdm.errors import UserError
-
 from . import options
 
 
@@ -35,8 +33,7 @@ def run(a) -> None:
     from sdm.energy.report import energy_report, format_csv, format_json, format_table, plot
 
     options.apply_threads(a)
-    if a.n < 1:
-        raise UserError("-n must be >= 1")
+    options.check_int(a.n, "-n", 1)
     options.check_int(a.denoise_steps, "--denoise-steps", 1)
     _check_outputs(a)
     rep = energy_report(a.model, denoise_steps=a.denoise_steps, n=a.n, seed=a.seed, sampler=a.sampler,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sdm.errors import UserError
-
 from . import options
 
 
@@ -28,8 +26,7 @@ def run(a) -> None:
     from sdm.export.api import graph_summary, import_nir
 
     options.apply_threads(a)
-    if a.n < 1:
-        raise UserError("-n must be >= 1")
+    options.check_int(a.n, "-n", 1)
     options.check_int(a.steps, "--steps", 1)
     if a.sample is not None:
         from sdm.paths import check_output

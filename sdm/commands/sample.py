@@ -30,6 +30,7 @@ def add_parser(sub):
 
 
 def run(a) -> None:
+    from sdm.train.checkpoint import load_checkpoint
     from sdm.train.moments import checkpoint_moments
     from sdm.train.sampling import generate, model_from_checkpoint, save_grid, sweep_paths
 
@@ -37,11 +38,12 @@ def run(a) -> None:
     scales = _check_options(a)
     device = options.pick_device(a)
     paths = _outputs(a, scales, sweep_paths)
-    if _sample_absorbing(a, paths[0], device):
+    ckpt = load_checkpoint(a.model)
+    if _sample_absorbing(a, ckpt, paths[0], device):
         return
     if a.temperature is not None:
         raise UserError("--temperature applies to Spiking-Diffusion (absorbing) models; this is a spiking UNet")
-    model, diffusion, ckpt = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device)
+    model, diffusion, ckpt = model_from_checkpoint(a.model, use_ema=not a.no_ema, device=device, ckpt=ckpt)
     moments = checkpoint_moments(ckpt)
     for s, path in zip(scales, paths):
         t0 = time.perf_counter()
@@ -51,13 +53,11 @@ def run(a) -> None:
         print(f"wrote {path} ({a.n} samples, {a.sampler}, threshold x{s:g}, {time.perf_counter() - t0:.1f} s)")
 
 
-def _sample_absorbing(a, path: Path, device: str) -> bool:
-    """A Spiking-Diffusion (absorbing) checkpoint: its grid, and True; any other checkpoint: False."""
+def _sample_absorbing(a, ckpt: dict, path: Path, device: str) -> bool:
+    """A Spiking-Diffusion (absorbing) checkpoint ``ckpt``: its grid, and True; any other checkpoint: False."""
     from sdm.images import save_grid
-    from sdm.train.checkpoint import load_checkpoint
     from sdm.train.sd_model import ABSORBING_KIND, checkpoint_kind, sample_absorbing
 
-    ckpt = load_checkpoint(a.model)
     if checkpoint_kind(ckpt) != ABSORBING_KIND:
         return False
     unet_only = [flag for flag, given in (("--sampler", a.sampler != "ddim"), ("--eta", a.eta != 0.0),
@@ -77,8 +77,7 @@ def _sample_absorbing(a, path: Path, device: str) -> bool:
 
 def _check_options(a) -> list[float]:
     """The range checks; returns the threshold scales to sample."""
-    if a.n < 1:
-        raise UserError("-n must be >= 1")
+    options.check_int(a.n, "-n", 1)
     options.check_int(a.scale, "--scale", 1, MAX_SCALE)
     options.check_sampler(a)
     options.check_threshold_scale(a.threshold_scale)

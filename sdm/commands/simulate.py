@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdm.errors import UserError
-
 from . import options
 
 # what `sdm simulate --out DIR` writes there, and the kind of each (sdm.paths)
@@ -33,8 +31,7 @@ def run(a) -> None:
     from sdm.neuromorphic.run import simulate  # loads Lava: only this command does
 
     options.apply_threads(a)
-    if a.n < 1:
-        raise UserError("-n must be >= 1")
+    options.check_int(a.n, "-n", 1)
     options.check_int(a.denoise_steps, "--denoise-steps", 1)
     options.check_threshold_scale(a.threshold_scale)
     check_outputs(a.out, a.nir_file, a.force)

@@ -467,16 +467,29 @@ def test_spiking_diffusion_train_resume_sample(tmp_path, capsys):
 
     vq, ab, grid = tmp_path / "vq", tmp_path / "ab", tmp_path / "g.png"
     assert main(["train", "--model", "vq-svae", "--data", "mnist-bundled", "--out", str(vq), "--steps", "2",
-                 "--batch-size", "4"]) == 0
-    assert checkpoint_kind(load_checkpoint(vq / "model.pt")) == "vq-svae"
+                 "--batch-size", "4", "--T", "4", "--channels", "8,8", "--codebook-size", "32",
+                 "--holdout", "4990"]) == 0
+    first = load_checkpoint(vq / "model.pt")
+    assert checkpoint_kind(first) == "vq-svae" and first["data"]["images"] == 10
+    assert (first["model_config"]["T"], first["model_config"]["channels"], first["model_config"]["codebook_size"]) \
+        == (4, [8, 8], 32)
     assert main(["train", "--resume", str(vq / "model.pt"), "--steps", "3"]) == 0  # the family is kept
     assert load_checkpoint(vq / "model.pt")["step"] == 3
     assert main(["train", "--model", "absorbing", "--vqvae", str(vq / "model.pt"), "--data", "mnist-bundled",
-                 "--out", str(ab), "--steps", "2", "--batch-size", "4"]) == 0
+                 "--out", str(ab), "--steps", "2", "--batch-size", "4", "--T", "2", "--channels", "8,16,8",
+                 "--inputs", "onehot", "--ema-decay", "0.9"]) == 0
+    second = load_checkpoint(ab / "model.pt")
+    assert second["model_config"] == {"codebook_size": 32, "steps": 49, "T": 2, "channels": [8, 16, 8], "tau": 2.0,
+                                      "inputs": "onehot"} and second["ema"] is not None
     assert main(["sample", str(ab / "model.pt"), "-n", "2", "--temperature", "0.9", "--out", str(grid)]) == 0
     assert grid.stat().st_size > 0
     capsys.readouterr()
     for argv, flag in ((["train", "--model", "vq-svae", "--ch", "4", "--out", str(tmp_path / "x")], "--ch"),
+                       (["train", "--model", "vq-svae", "--inputs", "raw", "--out", str(tmp_path / "x")], "--inputs"),
+                       (["train", "--channels", "4,8", "--out", str(tmp_path / "x")], "--channels"),
+                       (["train", "--resume", str(ab / "model.pt"), "--channels", "4,4"], "--channels"),
+                       (["train", "--model", "vq-svae", "--channels", "4,0", "--out", str(tmp_path / "x")],
+                        "--channels"),
                        (["train", "--model", "absorbing", "--out", str(tmp_path / "y")], "--vqvae"),
                        (["sample", str(ab / "model.pt"), "--threshold-scale", "0.99", "--out", str(tmp_path / "h.png")],
                         "--threshold-scale")):

@@ -87,7 +87,7 @@ def test_bundled_mnist_other_size():
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("kind", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("kind", ["mnist", "fashion-mnist", "kmnist"])
 def test_idx_round_trip(tmp_path, kind, compress):
     images, labels = write_mnist(tmp_path, compress=compress)
     ds = load_dataset(f"{kind}:{tmp_path}", image_size=28)
@@ -103,6 +103,29 @@ def test_idx_torchvision_layout(tmp_path):
     images, _ = write_mnist(raw, n=3)
     ds = load_dataset(f"fashion-mnist:{tmp_path}", image_size=28)
     assert torch.equal(ds.images_uint8[:, 0], torch.from_numpy(images))
+
+
+@pytest.mark.parametrize("torchvision_layout", [False, True])
+def test_emnist_letters_upright_and_zero_based(tmp_path, torchvision_layout):
+    """EMNIST stores images transposed and letters as 1..26: read upright, labels 0..25."""
+    folder = tmp_path / "EMNIST" / "raw" if torchvision_layout else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    upright = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    letters = np.array([1, 26, 5, 12], np.uint8)
+    write_idx(folder / "emnist-letters-train-images-idx3-ubyte.gz", upright.transpose(0, 2, 1).copy(), compress=True)
+    write_idx(folder / "emnist-letters-train-labels-idx1-ubyte", letters)
+    ds = load_dataset(f"emnist-letters:{tmp_path}", image_size=28)
+    assert ds.name == "emnist-letters"
+    assert torch.equal(ds.images_uint8[:, 0], torch.from_numpy(upright))
+    assert ds.labels.tolist() == [0, 25, 4, 11]
+
+
+def test_emnist_letters_refuses_zero_label(tmp_path):
+    write_idx(tmp_path / "emnist-letters-train-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
+    write_idx(tmp_path / "emnist-letters-train-labels-idx1-ubyte", np.array([0, 3], np.uint8))
+    with pytest.raises(DataError, match="emnist-letters-train-labels-idx1-ubyte: labels start at 1"):
+        load_dataset(f"emnist-letters:{tmp_path}", image_size=28)
 
 
 @pytest.mark.parametrize("parent", [False, True])

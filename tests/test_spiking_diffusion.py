@@ -291,8 +291,11 @@ def test_configs_are_validated():
 
 
 # ----- training, checkpoints, resume, sampling ----------------------------------------------
-VQ_TRAIN = SDTrainConfig(steps=6, batch_size=8, log_every=1, ckpt_every=4, seed=3, holdout=4900)
-AB_TRAIN = SDTrainConfig(steps=6, batch_size=8, log_every=1, ckpt_every=4, seed=4, lr=3e-3, holdout=4900)
+# with an EMA (the reference has none), so that resume is checked with its average and BN statistics too
+VQ_TRAIN = SDTrainConfig(steps=6, batch_size=8, log_every=1, ckpt_every=4, seed=3, holdout=4900, ema_decay=0.9,
+                         ema_bn_batches=2)
+AB_TRAIN = SDTrainConfig(steps=6, batch_size=8, log_every=1, ckpt_every=4, seed=4, lr=3e-3, holdout=4900,
+                         ema_decay=0.9, ema_bn_batches=2)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +325,7 @@ def test_resume_is_bit_identical(runs, stage):
     b = load_checkpoint(runs["root"] / f"{stage}_split" / "model.pt")
     assert a["step"] == b["step"] == 6 and runs[f"{stage}_split"]["trained_steps"] == 3
     assert len(a["history"]) == 6
-    keys = ["model", "optimizer", "history", "history_parts", "train_config", "model_config", "model_kind"]
+    keys = ["model", "ema", "optimizer", "history", "history_parts", "train_config", "model_config", "model_kind"]
     keys += ["data_variance"] if stage == "vq" else ["tokens", "vqvae", "absorbing"]
     for key in keys:
         assert_same(a[key], b[key], key)
@@ -334,13 +337,15 @@ def test_checkpoints_round_trip(runs, tmp_path):
     assert ckpt["model_kind"] == "vq-svae" and ckpt["data"]["images"] == 100
     vq, variance = vqsvae_from_checkpoint(root / "vq" / "model.pt")
     assert not vq.training and variance == ckpt["data_variance"] and 0.05 < variance < 0.15
-    assert_same(vq.state_dict(), ckpt["model"])
+    assert_same(vq.state_dict(), ckpt["ema"])  # the EMA weights by default
+    assert_same(vqsvae_from_checkpoint(root / "vq" / "model.pt", use_ema=False)[0].state_dict(), ckpt["model"])
     ab = load_checkpoint(root / "ab" / "model.pt")
     assert ab["tokens"].shape == (100, 7, 7) and ab["tokens"].dtype == torch.int16
-    assert_same(ab["vqvae"]["model"], ckpt["model"])  # the frozen first stage travels along
+    assert_same(ab["vqvae"]["model"], ckpt["ema"])  # the frozen first stage travels along, as it encoded
     model = load_absorbing(root / "ab" / "model.pt")
     assert isinstance(model, SpikingDiffusion) and model.token_shape == (7, 7)
-    assert_same(model.denoiser.state_dict(), ab["model"])
+    assert_same(model.denoiser.state_dict(), ab["ema"])
+    assert_same(load_absorbing(root / "ab" / "model.pt", use_ema=False).denoiser.state_dict(), ab["model"])
     # the tokens are what the VQ-SVAE gives the training images
     from sdm.train.data import load_dataset
 
@@ -359,6 +364,38 @@ def test_checkpoints_round_trip(runs, tmp_path):
     unet_like = save_checkpoint(tmp_path / "unet.pt", {"model_config": {}, "model": {}})
     with pytest.raises(CheckpointError, match="not a Spiking-Diffusion checkpoint"):
         load_absorbing(unet_like)
+
+
+def test_ema_weights_and_their_batchnorm_statistics(runs):
+    """The EMA is an average of the weights (not a copy), and its saved BatchNorm statistics are
+    recomputed for the averaged network, not copied from the raw one (train/ema.py)."""
+    for stage in ("vq", "ab"):
+        ckpt = load_checkpoint(runs["root"] / stage / "model.pt")
+        raw, ema = ckpt["model"], ckpt["ema"]
+        weights = [k for k, v in raw.items() if v.is_floating_point() and "running" not in k]
+        assert any(not torch.equal(raw[k], ema[k]) for k in weights), stage
+        running = [k for k in raw if k.endswith("running_var")]
+        assert running and all(not torch.equal(raw[k], ema[k]) for k in running), stage
+    # the statistics are those of the EMA network on the training distribution: recomputing them on
+    # the same batches gives the saved ones exactly
+    from sdm.train.ema import recalibrate_batchnorm
+    from sdm.train.sd_model import build_vqsvae
+
+    ckpt = load_checkpoint(runs["root"] / "vq" / "model.pt")
+    vq, _ = build_vqsvae(ckpt, "test")
+    for k in ckpt["ema"]:
+        if "running" in k:
+            vq.state_dict()[k].fill_(0.5)  # what recalibration must overwrite
+    from sdm.train.data import infinite_loader, load_dataset
+
+    data = load_dataset("mnist-bundled", image_size=28)
+    data.images_uint8 = data.images_uint8[:100]
+    seed = VQ_TRAIN.seed * 10_000_019 + 6 + 1
+    batches = [(x,) for _, x in zip(range(2), infinite_loader(data, VQ_TRAIN.batch_size, seed=seed))]
+    recalibrate_batchnorm(vq, batches)
+    for k, v in ckpt["ema"].items():
+        if "running" in k:
+            torch.testing.assert_close(vq.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_sample_absorbing(runs):
@@ -399,3 +436,58 @@ def test_a_short_run_lowers_both_losses(tmp_path):
 
     before, after = held_loss(untrained), held_loss(trained)
     assert after < 0.8 * before, (before, after)
+
+
+# ----- DDP ------------------------------------------------------------------------------
+# The real CLI on every rank, plus a hook that records the SDID train_absorbing builds, so that each
+# rank can write its final parameters for comparison.
+SD_DDP_LAUNCHER = """
+import os, sys
+import torch
+import sdm.train.sd_trainer as sd_trainer
+from sdm.cli import main
+
+built = []
+
+class Recorded(sd_trainer.SDID):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        built.append(self)
+
+sd_trainer.SDID = Recorded
+rc = main(sys.argv[1:])
+if rc == 0:
+    out = sys.argv[sys.argv.index("--out") + 1]
+    params = {k: v.detach().clone() for k, v in built[-1].named_parameters()}
+    torch.save(params, os.path.join(out, "params_rank%s.pt" % os.environ["RANK"]))
+sys.exit(rc)
+"""
+
+
+def test_absorbing_ddp_two_cpu_processes(runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(SD_DDP_LAUNCHER)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    env.pop("SDM_DEBUG", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+           "train", "--model", "absorbing", "--vqvae", str(runs["root"] / "vq" / "model.pt"), "--out", str(out),
+           "--steps", "3", "--batch-size", "8", "--channels", "8,8", "--holdout", "4900", "--seed", "5",
+           "--ema-decay", "0.5", "--device", "cpu"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["step"] == 3 and ckpt["train_config"]["batch_size"] == 8 and ckpt["ema"] is not None
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
+        ["model.pt", "params_rank0.pt", "params_rank1.pt"]
+    p0 = torch.load(out / "params_rank0.pt", weights_only=True)
+    p1 = torch.load(out / "params_rank1.pt", weights_only=True)
+    for k in p0:  # gradients were all-reduced: both ranks hold the saved parameters
+        assert torch.equal(p0[k], p1[k]) and torch.equal(p0[k], ckpt["model"][k]), k
+    torch.manual_seed(5)
+    init = SDID(SDIDConfig.from_dict(ckpt["model_config"]))
+    assert not torch.equal(init.head.weight, p0["head.weight"])

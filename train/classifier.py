@@ -37,7 +37,7 @@ from sdm.errors import ConfigError
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import strict_from_dict
-from .data import DataError, ImageDataset
+from .data import LABELLED_SPECS, DataError, ImageDataset
 from .fid import feature_statistics
 
 KIND = "classifier"
@@ -102,7 +102,7 @@ def holdout_split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torc
 def require_labels(dataset: ImageDataset, spec: str) -> torch.Tensor:
     if dataset.labels is None:
         raise DataError(f"data set {spec!r} has no class labels; the offline metric needs a labelled data set "
-                        f"(mnist-bundled, mnist:DIR, fashion-mnist:DIR, cifar10:DIR) to train its classifier")
+                        f"({', '.join(LABELLED_SPECS)}) to train its classifier")
     return dataset.labels
 
 

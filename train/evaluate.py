@@ -19,7 +19,7 @@ import torch
 from sdm.errors import SDMError
 
 from .checkpoint import load_checkpoint, uses_ema
-from .data import load_dataset
+from .data import LABELLED_SPECS, load_dataset
 from .diffusion import GaussianDiffusion
 from .fid import cached_statistics, feature_statistics, file_sha256, frechet_distance
 from .moments import checkpoint_moments
@@ -63,7 +63,7 @@ def _checked_classifier(model_path: str | os.PathLike, classifier: str | os.Path
                         f"(or give --classifier PATH)")
     if spec and spec.partition(":")[0] == "folder":
         raise EvalError(f"data set {spec!r} has no class labels: the offline classifier metric needs a "
-                        f"labelled data set (mnist-bundled, mnist:DIR, fashion-mnist:DIR, cifar10:DIR)")
+                        f"labelled data set ({', '.join(LABELLED_SPECS)})")
     clf, clf_ckpt = load_classifier(cls_path, device=device)
     cdata = clf_ckpt["data"]
     spec = spec or cdata["spec"]

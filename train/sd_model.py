@@ -23,7 +23,7 @@ from torch import nn
 from sdm.errors import ConfigError
 
 from .absorbing import AbsorbingConfig, AbsorbingDiffusion
-from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, uses_ema
 from .sdid import SDID, SDIDConfig
 from .vqsvae import VQSVAE, VQSVAEConfig
 
@@ -70,23 +70,27 @@ def _positive(value: Any, what: str, source: str) -> float:
     return float(value)
 
 
-def build_vqsvae(section: dict[str, Any], source: str) -> tuple[VQSVAE, float]:
+def build_vqsvae(section: dict[str, Any], source: str, use_ema: bool = True) -> tuple[VQSVAE, float]:
     """``(VQSVAE in eval mode, data variance)`` from a section holding ``model_config``, ``model``
-    and ``data_variance`` (a VQ-SVAE checkpoint, or the ``vqvae`` section of an absorbing one)."""
+    (and ``ema`` when trained with one; used unless ``use_ema=False``) and ``data_variance`` (a
+    VQ-SVAE checkpoint, or the ``vqvae`` section of an absorbing one, which holds the weights its
+    tokens were encoded with)."""
     cfg = section_config(VQSVAEConfig, section.get("model_config"), "VQ-SVAE model_config", source)
     model = VQSVAE(cfg)
     if not isinstance(section.get("model"), dict):
         raise CheckpointError(f"{source}: VQ-SVAE weights missing or not a state dict")
-    load_weights(model, section, "model", source)
+    load_weights(model, section, "ema" if uses_ema(section, use_ema) else "model", source)
     return model.eval(), _positive(section.get("data_variance"), "data_variance", source)
 
 
-def vqsvae_from_checkpoint(path_or_ckpt: str | os.PathLike | dict[str, Any]) -> tuple[VQSVAE, float]:
-    """The VQ-SVAE of a ``vq-svae`` checkpoint or the frozen one inside an ``absorbing`` checkpoint."""
-    return _vqsvae_of(*open_checkpoint(path_or_ckpt))
+def vqsvae_from_checkpoint(path_or_ckpt: str | os.PathLike | dict[str, Any], use_ema: bool = True
+                           ) -> tuple[VQSVAE, float]:
+    """The VQ-SVAE of a ``vq-svae`` checkpoint (its EMA weights when it has them and ``use_ema``)
+    or the frozen one inside an ``absorbing`` checkpoint."""
+    return _vqsvae_of(*open_checkpoint(path_or_ckpt), use_ema=use_ema)
 
 
-def _vqsvae_of(ckpt: dict[str, Any], source: str) -> tuple[VQSVAE, float]:
+def _vqsvae_of(ckpt: dict[str, Any], source: str, use_ema: bool = True) -> tuple[VQSVAE, float]:
     kind = ckpt.get(KIND_KEY)
     if kind == ABSORBING_KIND:
         if not isinstance(ckpt.get("vqvae"), dict):
@@ -94,7 +98,7 @@ def _vqsvae_of(ckpt: dict[str, Any], source: str) -> tuple[VQSVAE, float]:
         return build_vqsvae(ckpt["vqvae"], f"{source} (vqvae)")
     if kind != VQSVAE_KIND:
         raise CheckpointError(f"{source}: not a Spiking-Diffusion checkpoint (a spiking UNet?); expected vq-svae")
-    return build_vqsvae(ckpt, source)
+    return build_vqsvae(ckpt, source, use_ema)
 
 
 def check_tokens(tokens: Any, codebook_size: int, grid: int, source: str) -> torch.Tensor:
@@ -145,15 +149,16 @@ def check_stages(vq: VQSVAEConfig, sdid: SDIDConfig, diffusion: AbsorbingConfig)
         raise ConfigError(f"SDID steps={sdid.steps} differ from the diffusion's steps={diffusion.steps}")
 
 
-def load_absorbing(path_or_ckpt: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu"
-                   ) -> SpikingDiffusion:
-    """The generator of an ``absorbing`` checkpoint, in eval mode on ``device``."""
+def load_absorbing(path_or_ckpt: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu",
+                   use_ema: bool = True) -> SpikingDiffusion:
+    """The generator of an ``absorbing`` checkpoint, in eval mode on ``device``: SDID's EMA weights
+    when it has them and ``use_ema``, decoded by the VQ-SVAE its tokens came from."""
     ckpt, source = open_checkpoint(path_or_ckpt, ABSORBING_KIND)
     sdid_cfg = section_config(SDIDConfig, ckpt["model_config"], "model_config", source)
     diffusion_cfg = section_config(AbsorbingConfig, ckpt.get("absorbing"), "absorbing", source)
     vq, _ = _vqsvae_of(ckpt, source)
     denoiser = SDID(sdid_cfg)
-    load_weights(denoiser, ckpt, "model", source)
+    load_weights(denoiser, ckpt, "ema" if uses_ema(ckpt, use_ema) else "model", source)
     try:
         model = SpikingDiffusion(vq, denoiser, diffusion_cfg)
     except ConfigError as e:
@@ -163,7 +168,7 @@ def load_absorbing(path_or_ckpt: str | os.PathLike | dict[str, Any], device: str
 
 def sample_absorbing(ckpt_or_model: str | os.PathLike | dict[str, Any] | SpikingDiffusion, n: int,
                      temperature: float = 1.0, seed: int = 0, device: str | torch.device | None = None,
-                     batch_size: int = 64, return_tokens: bool = False):
+                     batch_size: int = 64, return_tokens: bool = False, use_ema: bool = True):
     """``n`` generated images ``[n, C, H, W]`` in [-1, 1] (and their token grids ``[n, h, w]`` with
     ``return_tokens``), drawn in batches of ``batch_size`` with one CPU generator seeded by ``seed``:
     the same (seed, batch_size) gives the same images on any device."""
@@ -174,7 +179,7 @@ def sample_absorbing(ckpt_or_model: str | os.PathLike | dict[str, Any] | Spiking
     if isinstance(ckpt_or_model, SpikingDiffusion):
         model = ckpt_or_model if device is None else ckpt_or_model.to(device)
     else:
-        model = load_absorbing(ckpt_or_model, device or "cpu")
+        model = load_absorbing(ckpt_or_model, device or "cpu", use_ema)
     gen = torch.Generator().manual_seed(int(seed))
     images, tokens = [], []
     for first in range(0, n, batch_size):

@@ -8,21 +8,27 @@
 The recipe is the reference's: AdamW (lr 1e-3, betas (0.9, 0.999), weight decay 1e-3 on every
 parameter), batch 32, no scheduler, clipping or EMA.  Training is counted in optimizer steps, not
 epochs.  A run is resumable bit-exactly on CPU: the data stream depends only on (seed, batch
-number) and the masking noise of the absorbing stage only on (seed, step), so re-running with
+number) and the masking noise of the absorbing stage only on (seed, rank, step), so re-running with
 ``resume=DIR/model.pt`` finishes the same schedule with the same result as an uninterrupted run.
+
+Options beyond the reference, as for the UNet (train/trainer.py): an EMA of the weights
+(``ema_decay > 0``) saved as ``ema`` with BatchNorm statistics recomputed for the averaged network
+(train/ema.py), and DDP under torchrun (the global batch split over the ranks; rank 0 saves).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from torch import distributed as dist
 from torch import nn
 
 from sdm.errors import ConfigError
@@ -31,6 +37,7 @@ from .absorbing import AbsorbingConfig, AbsorbingDiffusion
 from .checkpoint import CheckpointError, load_weights, save_checkpoint
 from .config import MAX_SEED, check_field_types, check_rules, strict_from_dict
 from .data import ImageDataset, infinite_loader, load_dataset
+from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
 from .sd_model import (
     ABSORBING_KIND,
     KIND_KEY,
@@ -42,6 +49,7 @@ from .sd_model import (
     section_config,
 )
 from .sdid import SDID, SDIDConfig
+from .trainer import Dist, init_distributed
 from .vqsvae import VQSVAE, VQSVAEConfig, data_variance, vqsvae_loss
 
 
@@ -55,6 +63,8 @@ class SDTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3
     grad_clip: float = 0.0  # 0 = off (the reference does not clip)
+    ema_decay: float = 0.0  # 0 = off (the reference has no EMA)
+    ema_bn_batches: int = 8  # batches that recompute the EMA network's BatchNorm statistics at each save
     holdout: int = 0  # the last `holdout` images of the data set are never trained on (held out)
     seed: int = 42
     ckpt_every: int = 500
@@ -62,11 +72,13 @@ class SDTrainConfig:
 
     def __post_init__(self):
         check_field_types(self, "training", ints=("steps", "batch_size", "holdout", "seed", "ckpt_every",
-                                                  "log_every"),
-                          reals=("lr", "weight_decay", "grad_clip"), strs=("data",))
+                                                  "log_every", "ema_bn_batches"),
+                          reals=("lr", "weight_decay", "grad_clip", "ema_decay"), strs=("data",))
         rules = (("steps", self.steps >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
                  ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
                  ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("holdout", self.holdout >= 0, ">= 0"),
+                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 = off)"),
+                 ("ema_bn_batches", self.ema_bn_batches >= 0, ">= 0"),
                  ("seed", 0 <= self.seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
                  ("ckpt_every", self.ckpt_every >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1"))
         check_rules(self, "training", rules)
@@ -77,10 +89,6 @@ class SDTrainConfig:
 
 
 # ----- shared pieces ---------------------------------------------------------------------
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _training_images(cfg: SDTrainConfig, img_size: int, img_ch: int) -> ImageDataset:
     """The data set at the model's size and channels, without its last ``holdout`` images."""
     ds = load_dataset(cfg.data, image_size=img_size, channels=img_ch)
@@ -91,9 +99,13 @@ def _training_images(cfg: SDTrainConfig, img_size: int, img_ch: int) -> ImageDat
     return ImageDataset(ds.images_uint8[:n], ds.name, labels, ds.hflip)
 
 
-def _index_stream(n: int, batch_size: int, seed: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
+def _index_stream(n: int, batch_size: int, seed: int, start_batch: int = 0, dist_info: Dist | None = None
+                  ) -> Iterator[torch.Tensor]:
     """Index batches into ``n`` items: consecutive slices of per-epoch permutations seeded by
-    (seed, epoch), a batch may span two epochs; batch ``b`` depends only on (seed, b)."""
+    (seed, epoch), a batch may span two epochs; batch ``b`` depends only on (seed, b).  Under DDP
+    each rank takes its share of the same global batch."""
+    dist_info = dist_info or Dist()
+    share = batch_size // dist_info.world_size
     batch = start_batch
     while True:
         pos = torch.arange(batch * batch_size, (batch + 1) * batch_size)
@@ -102,7 +114,7 @@ def _index_stream(n: int, batch_size: int, seed: int, start_batch: int = 0) -> I
         for epoch in epochs.unique().tolist():
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
             index[epochs == epoch] = perm[offsets[epochs == epoch]]
-        yield index
+        yield index[dist_info.rank * share:(dist_info.rank + 1) * share]
         batch += 1
 
 
@@ -127,11 +139,32 @@ class _Run:
     optimizer: torch.optim.Optimizer
     cfg: SDTrainConfig
     dev: torch.device
-    start: int
-    history: list[list[float]]  # [step, mean loss]
-    parts: list[list[float]]  # [step, mean of each part] (the VQ-SVAE's vq, psp, mse; empty for absorbing)
-    step_fn: Callable[[int], tuple[float, list[float]]]  # one optimizer step -> (loss, parts)
     fixed: dict[str, Any]  # the checkpoint sections that do not change during the run
+    dist_info: Dist = dataclasses.field(default_factory=Dist)
+    net: nn.Module | None = None  # what the forward pass calls: the model, or its DDP wrapper
+    ema: nn.Module | None = None  # the running average (its buffers copied from the model)
+    start: int = 0
+    history: list[list[float]] = dataclasses.field(default_factory=list)  # [step, mean loss]
+    parts: list[list[float]] = dataclasses.field(default_factory=list)  # [step, vq, psp, mse] (VQ-SVAE only)
+    step_fn: Callable[[int], tuple[float, list[float]]] | None = None  # one optimizer step -> (loss, parts)
+    bn_batches: Callable[[int], Iterable[tuple]] | None = None  # step -> forward arguments for BN recalibration
+
+
+def _new_run(kind: str, model: nn.Module, cfg: SDTrainConfig, dev: torch.device, dist_info: Dist,
+             ckpt: dict[str, Any] | None, source: str, fixed: dict[str, Any]) -> _Run:
+    """The run of a model whose weights are loaded: optimizer, EMA copy, DDP wrapper, resumed state."""
+    if cfg.batch_size % dist_info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by {dist_info.world_size} processes")
+    run = _Run(kind, model, _optimizer(model, cfg), cfg, dev, fixed, dist_info, net=model)
+    if dist_info.world_size > 1:
+        run.net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if dev.type == "cuda" else None)
+    if cfg.ema_decay > 0:
+        run.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        if ckpt is not None and ckpt.get("ema") is not None:
+            load_weights(run.ema, ckpt, "ema", source)
+    _resume_state(run, ckpt, source)
+    return run
 
 
 def _resume_state(run: _Run, ckpt: dict[str, Any] | None, source: str) -> None:
@@ -157,9 +190,21 @@ def _resume_state(run: _Run, ckpt: dict[str, Any] | None, source: str) -> None:
     run.parts = [list(r) for r in ckpt.get("history_parts", [])]
 
 
+def _ema_weights(run: _Run, step: int) -> dict[str, torch.Tensor] | None:
+    """The EMA weights to save, with BatchNorm statistics of the averaged network (train/ema.py)."""
+    if run.ema is None:
+        return None
+    if run.cfg.ema_bn_batches == 0:
+        return run.ema.state_dict()
+    averaged = copy.deepcopy(run.ema)  # the running EMA keeps its copied buffers: resume stays exact
+    recalibrate_batchnorm(averaged, run.bn_batches(step))
+    return averaged.state_dict()
+
+
 def _snapshot(run: _Run, step: int) -> dict[str, Any]:
     return {KIND_KEY: run.kind, **run.fixed, "train_config": dataclasses.asdict(run.cfg),
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
+            "model": run.model.state_dict(), "ema": _ema_weights(run, step),
+            "optimizer": run.optimizer.state_dict(), "step": step,
             "history": run.history, "history_parts": run.parts}
 
 
@@ -169,7 +214,13 @@ def _optimizer_step(run: _Run, loss: torch.Tensor, step: int) -> float:
     if run.cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
     run.optimizer.step()
-    value = float(loss.detach())
+    if run.ema is not None:
+        ema_update(run.ema, run.model, ema_decay_at(step, run.cfg.ema_decay))
+    value = loss.detach().float()
+    if run.dist_info.world_size > 1:
+        dist.all_reduce(value)
+        value /= run.dist_info.world_size
+    value = float(value)
     if not math.isfinite(value):
         raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
     return value
@@ -183,7 +234,7 @@ def _loop(run: _Run, end: int, ckpt_path: Path, progress: bool) -> float:
     cfg = run.cfg
     run.model.train()
     bar = tqdm(range(run.start, end), initial=run.start, total=cfg.steps, desc=f"train[{run.kind}]",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and run.dist_info.is_main), dynamic_ncols=True)
     t0 = time.perf_counter()
     total, parts, count = 0.0, None, 0
     for step in bar:
@@ -197,7 +248,7 @@ def _loop(run: _Run, end: int, ckpt_path: Path, progress: bool) -> float:
                 run.parts.append([done, *[p / count for p in parts]])
             bar.set_postfix(loss=f"{total / count:.4f}")
             total, parts, count = 0.0, None, 0
-        if done % cfg.ckpt_every == 0 or done == end:
+        if run.dist_info.is_main and (done % cfg.ckpt_every == 0 or done == end):
             save_checkpoint(ckpt_path, _snapshot(run, done))
     bar.close()
     return time.perf_counter() - t0
@@ -207,6 +258,8 @@ def _finish(run: _Run, out_dir, progress: bool, max_steps_this_run: int | None) 
     end = run.cfg.steps if max_steps_this_run is None else min(run.cfg.steps, run.start + max_steps_this_run)
     ckpt_path = Path(out_dir) / "model.pt"
     seconds = _loop(run, end, ckpt_path, progress)
+    if run.dist_info.world_size > 1:
+        dist.barrier()
     trained = max(0, end - run.start)
     return {"checkpoint": str(ckpt_path), "kind": run.kind, "steps": end, "trained_steps": trained,
             "seconds": seconds, "seconds_per_step": seconds / trained if trained else 0.0,
@@ -237,7 +290,7 @@ def train_vqsvae(out_dir: str | os.PathLike, model_cfg: VQSVAEConfig | None = No
     if ckpt is not None:
         model_cfg = section_config(VQSVAEConfig, ckpt["model_config"], "model_config", source)
     model_cfg = model_cfg or VQSVAEConfig()
-    dev = _device(device)
+    dist_info, dev = init_distributed(device)
     torch.manual_seed(cfg.seed)
     model = VQSVAE(model_cfg)
     if ckpt is not None:
@@ -248,16 +301,21 @@ def train_vqsvae(out_dir: str | os.PathLike, model_cfg: VQSVAEConfig | None = No
     fixed = {"model_config": model_cfg.to_dict(), "data_variance": variance,
              "data": {"spec": cfg.data, "channels": dataset.channels, "image_size": dataset.image_size,
                       "images": len(dataset)}}
-    run = _Run(VQSVAE_KIND, model, _optimizer(model, cfg), cfg, dev, 0, [], [], lambda step: (0.0, []), fixed)
-    _resume_state(run, ckpt, source)
-    batches = infinite_loader(dataset, cfg.batch_size, seed=cfg.seed, start_batch=run.start)
+    run = _new_run(VQSVAE_KIND, model, cfg, dev, dist_info, ckpt, source, fixed)
+    batches = infinite_loader(dataset, cfg.batch_size // dist_info.world_size, seed=cfg.seed, rank=dist_info.rank,
+                              world_size=dist_info.world_size, start_batch=run.start)
 
     def step_fn(step: int) -> tuple[float, list[float]]:
         x = next(batches).to(dev)
-        loss, parts = vqsvae_loss(model, model(x), x, variance)
+        loss, parts = vqsvae_loss(model, run.net(x), x, variance)
         return _optimizer_step(run, loss, step), [parts["vq"], parts["psp"], parts["mse"]]
 
-    run.step_fn = step_fn
+    def bn_batches(step: int) -> Iterator[tuple[torch.Tensor]]:
+        seed = cfg.seed * 10_000_019 + step + 1  # a stream of its own: the training stream is untouched
+        for _, x in zip(range(cfg.ema_bn_batches), infinite_loader(dataset, cfg.batch_size, seed=seed)):
+            yield (x.to(dev),)
+
+    run.step_fn, run.bn_batches = step_fn, bn_batches
     return _finish(run, out_dir, progress, max_steps_this_run)
 
 
@@ -289,7 +347,7 @@ def _first_stage(vqvae_path, ckpt: dict[str, Any] | None, source: str, cfg: SDTr
     if vqvae_path is None:
         raise ConfigError("training the absorbing diffusion needs a VQ-SVAE checkpoint (vqvae_path)")
     vq_ckpt, vq_source = open_checkpoint(vqvae_path, VQSVAE_KIND)
-    vq, variance = build_vqsvae(vq_ckpt, vq_source)
+    vq, variance = build_vqsvae(vq_ckpt, vq_source)  # its EMA weights when it has them
     tokens = encode_tokens(vq.to(dev), _training_images(cfg, vq.cfg.img_size, vq.cfg.img_ch))
     section = {"model_config": vq.cfg.to_dict(), "model": {k: v.cpu() for k, v in vq.state_dict().items()},
                "data_variance": variance, "source": str(vqvae_path), "step": vq_ckpt.get("step", 0)}
@@ -297,15 +355,18 @@ def _first_stage(vqvae_path, ckpt: dict[str, Any] | None, source: str, cfg: SDTr
 
 
 def _stage2_configs(ckpt, source, vq_cfg: VQSVAEConfig, model_cfg: SDIDConfig | None,
-                    diffusion_cfg: AbsorbingConfig | None) -> tuple[SDIDConfig, AbsorbingConfig]:
+                    diffusion_cfg: AbsorbingConfig | None, sdid_options: dict[str, Any] | None = None,
+                    ) -> tuple[SDIDConfig, AbsorbingConfig]:
     """SDID and diffusion configs: the checkpoint's when resuming, else the arguments, defaulting to
-    the VQ-SVAE's codebook size and one step per token (49 for 7 x 7)."""
+    the VQ-SVAE's codebook size and one step per token (49 for 7 x 7); ``sdid_options`` (e.g.
+    ``{"channels": (16, 32, 64, 128, 64)}``) are SDIDConfig fields over those defaults."""
     if ckpt is not None:
         model_cfg = section_config(SDIDConfig, ckpt["model_config"], "model_config", source)
         diffusion_cfg = section_config(AbsorbingConfig, ckpt.get("absorbing"), "absorbing", source)
     steps = vq_cfg.latent_size ** 2
     diffusion_cfg = diffusion_cfg or AbsorbingConfig(codebook_size=vq_cfg.codebook_size, steps=steps)
-    model_cfg = model_cfg or SDIDConfig(codebook_size=vq_cfg.codebook_size, steps=diffusion_cfg.steps)
+    model_cfg = model_cfg or SDIDConfig(codebook_size=vq_cfg.codebook_size, steps=diffusion_cfg.steps,
+                                        **(sdid_options or {}))
     try:
         check_stages(vq_cfg, model_cfg, diffusion_cfg)
     except ConfigError as e:
@@ -319,7 +380,8 @@ def train_absorbing(out_dir: str | os.PathLike, vqvae_path: str | os.PathLike | 
                     model_cfg: SDIDConfig | None = None, train_cfg: SDTrainConfig | None = None,
                     diffusion_cfg: AbsorbingConfig | None = None, resume: str | os.PathLike | None = None,
                     overrides: dict[str, Any] | None = None, device: str | None = None, progress: bool = True,
-                    max_steps_this_run: int | None = None) -> dict[str, Any]:
+                    max_steps_this_run: int | None = None, sdid_options: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """Train (or resume) the SDID denoiser on the tokens of the VQ-SVAE ``vqvae_path``, writing
     ``out_dir/model.pt`` (kind ``absorbing``); returns a summary as :func:`train_vqsvae`.
 
@@ -327,9 +389,9 @@ def train_absorbing(out_dir: str | os.PathLike, vqvae_path: str | os.PathLike | 
     frozen VQ-SVAE.  With ``resume`` the VQ-SVAE, the tokens and the configs come from the
     checkpoint (``vqvae_path`` is not read) and ``overrides`` win over its training config."""
     ckpt, source, cfg = _start(resume, ABSORBING_KIND, train_cfg, overrides)
-    dev = _device(device)
+    dist_info, dev = init_distributed(device)
     vq_section, tokens, vq_cfg = _first_stage(vqvae_path, ckpt, source, cfg, dev)
-    model_cfg, diffusion_cfg = _stage2_configs(ckpt, source, vq_cfg, model_cfg, diffusion_cfg)
+    model_cfg, diffusion_cfg = _stage2_configs(ckpt, source, vq_cfg, model_cfg, diffusion_cfg, sdid_options)
     torch.manual_seed(cfg.seed)
     model = SDID(model_cfg)
     if ckpt is not None:
@@ -338,15 +400,26 @@ def train_absorbing(out_dir: str | os.PathLike, vqvae_path: str | os.PathLike | 
     diffusion = AbsorbingDiffusion(diffusion_cfg)
     fixed = {"model_config": model_cfg.to_dict(), "absorbing": diffusion_cfg.to_dict(), "vqvae": vq_section,
              "tokens": tokens, "data": {"spec": cfg.data, "images": int(tokens.shape[0])}}
-    run = _Run(ABSORBING_KIND, model, _optimizer(model, cfg), cfg, dev, 0, [], [], lambda step: (0.0, []), fixed)
-    _resume_state(run, ckpt, source)
-    batches = _index_stream(tokens.shape[0], cfg.batch_size, cfg.seed, run.start)
+    run = _new_run(ABSORBING_KIND, model, cfg, dev, dist_info, ckpt, source, fixed)
+    batches = _index_stream(tokens.shape[0], cfg.batch_size, cfg.seed, run.start, dist_info)
     gen = torch.Generator()
 
     def step_fn(step: int) -> tuple[float, list[float]]:
         x0 = tokens[next(batches)].long().to(dev)
-        loss = diffusion.loss(model, x0, gen.manual_seed(cfg.seed * 10_000_019 + step))
+        # the masking noise depends only on (seed, rank, step): resume is exact on every rank
+        loss = diffusion.loss(run.net, x0, gen.manual_seed((cfg.seed * 1_000_003 + dist_info.rank) * 10_000_019
+                                                           + step))
         return _optimizer_step(run, loss, step), []
 
-    run.step_fn = step_fn
+    def bn_batches(step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Noised token grids at uniform t, the distribution SDID trains on, from streams of their own."""
+        bn_gen = torch.Generator().manual_seed(cfg.seed * 10_000_019 + step + 1)
+        for _, index in zip(range(cfg.ema_bn_batches), _index_stream(tokens.shape[0], cfg.batch_size,
+                                                                      cfg.seed + step + 1)):
+            x0 = tokens[index].long()
+            t = diffusion.sample_t(x0.shape[0], bn_gen, torch.device("cpu"))
+            x_t, _, _ = diffusion.q_sample(x0, t, bn_gen)
+            yield x_t.to(dev), t.to(dev)
+
+    run.step_fn, run.bn_batches = step_fn, bn_batches
     return _finish(run, out_dir, progress, max_steps_this_run)

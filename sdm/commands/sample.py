@@ -62,14 +62,15 @@ def _sample_absorbing(a, ckpt: dict, path: Path, device: str) -> bool:
         return False
     unet_only = [flag for flag, given in (("--sampler", a.sampler != "ddim"), ("--eta", a.eta != 0.0),
                                           ("--threshold-scale", a.threshold_scale != 1.0),
-                                          ("--threshold-sweep", bool(a.threshold_sweep)), ("--no-ema", a.no_ema))
+                                          ("--threshold-sweep", bool(a.threshold_sweep)))
                  if given]
     if unet_only:
         raise UserError(f"{unet_only[0]} applies to the spiking UNet, not to a Spiking-Diffusion model")
     temperature = 1.0 if a.temperature is None else a.temperature
     options.check_float(temperature, "--temperature", low=0.0, low_open=True)
     t0 = time.perf_counter()
-    x = sample_absorbing(ckpt, a.n, temperature=temperature, seed=a.seed, device=device, batch_size=a.batch_size)
+    x = sample_absorbing(ckpt, a.n, temperature=temperature, seed=a.seed, device=device, batch_size=a.batch_size,
+                         use_ema=not a.no_ema)
     save_grid(x, path, scale=a.scale)
     print(f"wrote {path} ({a.n} samples, absorbing, temperature {temperature:g}, {time.perf_counter() - t0:.1f} s)")
     return True

@@ -21,7 +21,8 @@ def add_parser(sub):
                                 options.batch_size(default=None),
                                 options.force("replace a run already in --out DIR (its model.pt): a fresh run, "
                                               "or --resume of another checkpoint")])
-    p.add_argument("--data", help="mnist-bundled | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | folder:DIR")
+    p.add_argument("--data", help="mnist-bundled | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | emnist-letters:DIR | "
+                                 "cifar10:DIR | folder:DIR")
     p.add_argument("--out", help="output directory (default: the resumed checkpoint's directory); DIR/.lock "
                                  "keeps a second sdm train out while this one runs")
     p.add_argument("--config", help="JSON file with 'model', 'train' and 'diffusion' sections")
@@ -51,6 +52,15 @@ def add_parser(sub):
     p.add_argument("--vqvae", metavar="VQ.pt", help="--model absorbing: the trained VQ-SVAE whose tokens it learns")
     p.add_argument("--activation", choices=["swish", "relu"], help="activation of --model ann (default swish)")
     p.add_argument("--bits", type=int, help="activation bits of --model qann (default 2; converts to T = 2^bits - 1)")
+    sd = p.add_argument_group("Spiking-Diffusion (--model vq-svae | absorbing)")
+    sd.add_argument("--channels", type=options.ints,
+                    help="vq-svae: the stride-2 encoder convs (default 32,64; the decoder mirrors them); "
+                         "absorbing: SDID's convs (default 64,128,256,512,256; the first is the skip)")
+    sd.add_argument("--codebook-size", type=int, help="vq-svae: codebook entries K (default 128)")
+    sd.add_argument("--inputs", choices=["raw", "onehot"],
+                    help="absorbing: SDID's input, raw token value and t (the reference, default) or one-hot "
+                         "tokens and t / steps")
+    sd.add_argument("--holdout", type=int, help="the last N images of the data set are not trained on (default 0)")
     p.set_defaults(func=run)
     return p
 
@@ -87,6 +97,9 @@ def run(a) -> None:
         return
     if a.vqvae:
         raise UserError("--vqvae applies to --model absorbing")
+    from . import train_sd
+
+    train_sd.refuse_sd_options(a)
     overrides = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
     model_over = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     model_over.update(model_kind(a))
@@ -115,6 +128,10 @@ def _check_options(a) -> None:
     options.check_int(a.ch, "--ch", 2)
     options.check_int(a.num_res_blocks, "--num-res-blocks", 1)
     options.check_int(a.T, "--T", 1)
+    options.check_int(a.codebook_size, "--codebook-size", 2)
+    options.check_int(a.holdout, "--holdout", 0)
+    if a.channels is not None and (not a.channels or min(a.channels) < 1):
+        raise UserError(f"--channels must be positive integers, got {a.channels}")
     if a.ch_mult is not None and (not a.ch_mult or min(a.ch_mult) < 1):
         raise UserError(f"--ch-mult must be positive integers, got {a.ch_mult}")
     options.check_img_size(a.img_size, levels=len(a.ch_mult) - 1 if a.ch_mult else None)

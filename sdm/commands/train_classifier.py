@@ -15,7 +15,8 @@ def add_parser(sub):
                        parents=[options.seed(), options.threads(), options.device(), options.batch_size(),
                                 options.force()])
     p.add_argument("--data", default="mnist-bundled",
-                   help="labelled data set: mnist-bundled | mnist:DIR | fashion-mnist:DIR | cifar10:DIR")
+                   help="labelled data set: mnist-bundled | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | "
+                        "emnist-letters:DIR | cifar10:DIR")
     p.add_argument("--out", required=True, metavar="PATH", help="e.g. runs/mnist/classifier.pt (beside model.pt)")
     p.add_argument("--img-size", type=int, default=32, help="must equal the diffusion model's image size")
     p.add_argument("--steps", type=int, default=600)

@@ -284,3 +284,61 @@ def test_eval_errors(capsys, tmp_path, model_dir, trained_ckpt, random_inception
     fails(capsys, ["eval", model, "--n", "2", "--inception-weights", str(model_dir / "classifier.pt")],
           "not InceptionV3 weights")
     fails(capsys, ["eval", model, "--n", "2", "--inception-weights", str(tmp_path / "none.pth")], "no such file")
+
+
+# ----- sdm eval on a Spiking-Diffusion (absorbing) model -----------------------------------------
+@pytest.fixture(scope="module")
+def absorbing_dir(tmp_path_factory):
+    """A tiny VQ-SVAE + SDID pair (28 px, a few steps) with a 28-px classifier beside it."""
+    from sdm.train.classifier import reference_statistics, save_classifier, train_classifier
+    from sdm.train.data import load_dataset
+    from sdm.train.sd_trainer import SDTrainConfig, train_absorbing, train_vqsvae
+    from sdm.train.sdid import SDIDConfig
+    from sdm.train.vqsvae import VQSVAEConfig
+
+    d = tmp_path_factory.mktemp("sdeval")
+    cfg = SDTrainConfig(steps=3, batch_size=8, holdout=4900, ema_decay=0.5, ema_bn_batches=1)
+    train_vqsvae(d / "vq", VQSVAEConfig(T=2, channels=(4, 8), latent_dim=4, codebook_size=16), cfg, device="cpu",
+                 progress=False)
+    train_absorbing(d, d / "vq" / "model.pt", SDIDConfig(codebook_size=16, T=2, channels=(8, 8)), cfg, device="cpu",
+                    progress=False)
+    mnist28 = load_dataset("mnist-bundled", image_size=28)
+    model, info = train_classifier(mnist28, "mnist-bundled", steps=60, batch_size=32, width=8, seed=0, progress=False)
+    save_classifier(d / "classifier.pt", model, "mnist-bundled", info, reference_statistics(model, mnist28))
+    return d
+
+
+def test_eval_absorbing_temperature_sweep(capsys, tmp_path, absorbing_dir):
+    out = tmp_path / "r.json"
+    argv = ["eval", str(absorbing_dir / "model.pt"), "--n", "6", "--temperature", "0.5,1", "--seed", "2",
+            "--batch-size", "4", "--json", str(out), "--threads", "1"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split()[:3] == ["temperature", "classifier", "FID"] and len(lines) == 6, lines
+    r = json.loads(out.read_text())
+    rows = r["by_temperature"]
+    assert [row["temperature"] for row in rows] == [0.5, 1.0]
+    assert r["settings"]["weights"] == "ema" and r["settings"]["img_size"] == 28 and r["settings"]["n"] == 6
+    for row in rows:
+        assert np.isfinite(row["classifier_fid"]) and 0 < row["classifier_confidence"] <= 1
+    best = min(rows, key=lambda row: row["classifier_fid"])
+    assert r["best"] == {"temperature": best["temperature"], "classifier_fid": best["classifier_fid"]}
+    assert lines[-1].startswith(f"best: temperature {best['temperature']:g}")
+    # the same seed gives the same samples, so the same numbers; the raw weights give others
+    assert main([*argv[:-4], "--json", str(out), "--force"]) == 0
+    assert [row["classifier_fid"] for row in json.loads(out.read_text())["by_temperature"]] == \
+        [row["classifier_fid"] for row in rows]
+    assert main([*argv[:-4], "--json", str(out), "--force", "--no-ema"]) == 0
+    assert json.loads(out.read_text())["settings"]["weights"] == "raw"
+
+
+def test_eval_absorbing_errors(capsys, tmp_path, absorbing_dir, model_dir, classifier_file):
+    model = str(absorbing_dir / "model.pt")
+    fails(capsys, ["eval", model, "--n", "4", "--sampler", "ddpm"], "--sampler", "Spiking-Diffusion")
+    fails(capsys, ["eval", model, "--n", "4", "--temperature", "0"], "--temperature")
+    fails(capsys, ["eval", model, "--n", "4", "--temperature", "1,1"], "given twice")
+    fails(capsys, ["eval", str(model_dir / "model.pt"), "--n", "4", "--temperature", "1"], "--temperature",
+          "spiking UNet")
+    # a classifier for 16-px images cannot score the 28-px samples
+    fails(capsys, ["eval", model, "--n", "4", "--classifier", str(classifier_file[0])], "expects 1x16x16",
+          "1x28x28")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -24,7 +24,7 @@ from .diffusion import GaussianDiffusion
 from .fid import cached_statistics, feature_statistics, file_sha256, frechet_distance
 from .moments import checkpoint_moments
 from .sampling import generate, model_from_checkpoint
-from .unet import SpikingUNet, UNetConfig
+from .unet import SpikingUNet
 
 if TYPE_CHECKING:
     from .classifier import SmallCNN
@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 class EvalError(SDMError):
     """An evaluation that cannot run as asked; one line."""
+
+
+class ImageFormat(Protocol):
+    """What the metrics need to know of a generator: the images it makes (a UNetConfig or a VQSVAEConfig)."""
+
+    img_size: int
+    img_ch: int
 
 
 def _normal_spec(spec: str) -> str:
@@ -48,8 +55,8 @@ def default_classifier_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).parent / "classifier.pt"
 
 
-def _checked_classifier(model_path: str | os.PathLike, classifier: str | os.PathLike | None, spec: str | None,
-                        cfg: UNetConfig, device: str) -> tuple[Path, SmallCNN, dict[str, Any], str]:
+def checked_classifier(model_path: str | os.PathLike, classifier: str | os.PathLike | None, spec: str | None,
+                       fmt: ImageFormat, device: str) -> tuple[Path, SmallCNN, dict[str, Any], str]:
     """The classifier of the offline metric: present, and made for this data set and image format.
 
     Returns ``(path, model, checkpoint, data spec)``; the spec is the classifier's own when
@@ -58,7 +65,7 @@ def _checked_classifier(model_path: str | os.PathLike, classifier: str | os.Path
 
     cls_path = Path(classifier) if classifier else default_classifier_path(model_path)
     if not cls_path.exists():
-        how = f"sdm train-classifier --data {spec or 'SPEC'} --img-size {cfg.img_size} --out {cls_path}"
+        how = f"sdm train-classifier --data {spec or 'SPEC'} --img-size {fmt.img_size} --out {cls_path}"
         raise EvalError(f"{cls_path}: no classifier for the offline metric; train one with `{how}` "
                         f"(or give --classifier PATH)")
     if spec and spec.partition(":")[0] == "folder":
@@ -69,9 +76,9 @@ def _checked_classifier(model_path: str | os.PathLike, classifier: str | os.Path
     spec = spec or cdata["spec"]
     if _normal_spec(cdata["spec"]) != _normal_spec(spec):
         raise EvalError(f"{cls_path}: classifier was trained on {cdata['spec']!r}, not on {spec!r}")
-    if (cdata["image_size"], cdata["channels"]) != (cfg.img_size, cfg.img_ch):
+    if (cdata["image_size"], cdata["channels"]) != (fmt.img_size, fmt.img_ch):
         raise EvalError(f"{cls_path}: classifier expects {cdata['channels']}x{cdata['image_size']}x"
-                        f"{cdata['image_size']} images, the model makes {cfg.img_ch}x{cfg.img_size}x{cfg.img_size}")
+                        f"{cdata['image_size']} images, the model makes {fmt.img_ch}x{fmt.img_size}x{fmt.img_size}")
     return cls_path, clf, clf_ckpt, spec
 
 
@@ -88,7 +95,7 @@ def _samples(model: SpikingUNet, diffusion: GaussianDiffusion, n: int, chain: di
     return x, seconds
 
 
-def _offline_metrics(clf: SmallCNN, clf_ckpt: dict[str, Any], cls_path: Path, x: torch.Tensor,
+def offline_metrics(clf: SmallCNN, clf_ckpt: dict[str, Any], cls_path: Path, x: torch.Tensor,
                      device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(classifier section, metrics)`` of the result: classifier FID, confidence and class statistics."""
     from .classifier import classifier_features, classifier_scores
@@ -108,9 +115,9 @@ def _offline_metrics(clf: SmallCNN, clf_ckpt: dict[str, Any], cls_path: Path, x:
     return info, metrics
 
 
-def _inception_metrics(result: dict[str, Any], inception: torch.nn.Module, inception_weights: str | os.PathLike,
-                       x: torch.Tensor, spec: str, cfg: UNetConfig, ref_n: int | None, device: str,
-                       progress: bool) -> None:
+def inception_metrics(result: dict[str, Any], inception: torch.nn.Module, inception_weights: str | os.PathLike,
+                      x: torch.Tensor, spec: str, fmt: ImageFormat, ref_n: int | None, device: str,
+                      progress: bool) -> None:
     """Add standard FID and Inception Score to ``result``; the data set's statistics come from the
     cache (keyed by data set, format, ``ref_n`` and the weights' SHA-256) or are computed once."""
     from .inception import inception_features, inception_score
@@ -120,13 +127,13 @@ def _inception_metrics(result: dict[str, Any], inception: torch.nn.Module, incep
     digest = file_sha256(wpath)
 
     def reference():
-        ds = load_dataset(spec, image_size=cfg.img_size, channels=cfg.img_ch)
+        ds = load_dataset(spec, image_size=fmt.img_size, channels=fmt.img_ch)
         imgs = ds.images_uint8 if ref_n is None else ds.images_uint8[:ref_n]
         feats, _ = inception_features(inception, imgs.float().div(127.5).sub(1.0), device=device,
                                       progress=progress, desc="inception[reference]")
         return feature_statistics(feats)
 
-    key = {"data": _normal_spec(spec), "img_size": cfg.img_size, "img_ch": cfg.img_ch, "ref_n": ref_n,
+    key = {"data": _normal_spec(spec), "img_size": fmt.img_size, "img_ch": fmt.img_ch, "ref_n": ref_n,
            "weights_sha256": digest, "features": "inception-v3-compat/2048"}
     r_mu, r_sigma, cache_path, hit = cached_statistics(key, reference, kind="inception")
     pool, logits = inception_features(inception, x, device=device, progress=progress, desc="inception[samples]")
@@ -143,18 +150,19 @@ def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim"
              threshold_scale: float = 1.0, use_ema: bool = True, seed: int = 0, batch_size: int = 64,
              classifier: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
              data: str | None = None, ref_n: int | None = None, device: str = "cpu",
-             progress: bool = True, order: int = 2) -> dict[str, Any]:
+             progress: bool = True, order: int = 2, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate ``n`` samples and compute the metrics; see the module docstring.  ``order`` is
-    DPM-Solver's; the analytic samplers use the moments the checkpoint carries (``sdm moments``)."""
+    DPM-Solver's; the analytic samplers use the moments the checkpoint carries (``sdm moments``).
+    ``ckpt`` is the file's content when the caller has read it already."""
     if n < 2:
         raise EvalError("--n must be >= 2 (a covariance needs at least two samples)")
     if batch_size < 1:
         raise EvalError("--batch-size must be >= 1")
-    ckpt = load_checkpoint(model_path)
+    ckpt = load_checkpoint(model_path) if ckpt is None else ckpt
     model, diffusion, ckpt = model_from_checkpoint(model_path, use_ema=use_ema, device=device, ckpt=ckpt)
     cfg = model.cfg
-    cls_path, clf, clf_ckpt, spec = _checked_classifier(model_path, classifier, data or model_data_spec(ckpt), cfg,
-                                                        device)
+    cls_path, clf, clf_ckpt, spec = checked_classifier(model_path, classifier, data or model_data_spec(ckpt), cfg,
+                                                       device)
     inception = None
     if inception_weights:  # loaded before sampling, so a bad file fails at once
         from .inception import load_inception
@@ -163,7 +171,7 @@ def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim"
 
     chain = {"sampler": sampler, "steps": steps, "eta": eta, "order": order, "moments": checkpoint_moments(ckpt)}
     x, sample_seconds = _samples(model, diffusion, n, chain, seed, threshold_scale, batch_size, device, progress)
-    classifier_info, metrics = _offline_metrics(clf, clf_ckpt, cls_path, x, device)
+    classifier_info, metrics = offline_metrics(clf, clf_ckpt, cls_path, x, device)
     result: dict[str, Any] = {
         "settings": {
             "model": str(model_path), "sampler": sampler, "steps": diffusion.steps if sampler == "ddpm" else steps,
@@ -179,7 +187,7 @@ def evaluate(model_path: str | os.PathLike, n: int = 1000, sampler: str = "ddim"
         "seconds": {"sampling": sample_seconds},
     }
     if inception is not None:
-        _inception_metrics(result, inception, inception_weights, x, spec, cfg, ref_n, device, progress)
+        inception_metrics(result, inception, inception_weights, x, spec, cfg, ref_n, device, progress)
     return result
 
 

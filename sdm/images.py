@@ -39,3 +39,23 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def save_side_by_side(batches: list[torch.Tensor], path: str | os.PathLike, scale: int = 1, gap: int = 8) -> Path:
+    """Write one PNG with the grid of each batch side by side (left to right), top-aligned on a
+    black canvas and separated by a grey ``gap`` (before scaling); the batches may differ in image
+    size and count, not in channels."""
+    grids = [make_grid(b) for b in batches]
+    if len({g.shape[-1] for g in grids}) != 1:
+        raise ValueError("side-by-side grids need the same number of channels")
+    height = max(g.shape[0] for g in grids)
+    parts = []
+    for i, g in enumerate(grids):
+        if i:
+            parts.append(np.full((height, gap, g.shape[-1]), 128, dtype=np.uint8))
+        parts.append(np.pad(g, ((0, height - g.shape[0]), (0, 0), (0, 0))))
+    canvas = np.concatenate(parts, axis=1)
+    img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

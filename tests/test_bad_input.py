@@ -172,6 +172,8 @@ CASES = [
     ("demo-out-is-a-file", ["demo", "--out", "notes.txt"], ["--out", "notes.txt"]),
     ("demo-n-0", ["demo", "--out", "new", "-n", "0"], ["-n"]),
     ("demo-lava-steps-negative", ["demo", "--out", "new", "--lava-steps", "-1"], ["--lava-steps"]),
+    ("demo-sd-model-missing", ["demo", "--out", "new", "--sd-model", "none.pt"], ["--sd-model", "none.pt"]),
+    ("demo-temperature-0", ["demo", "--out", "new", "--temperature", "0"], ["--temperature"]),
     ("unknown-command", ["nosuch"], ["nosuch"]),
 ]
 

@@ -22,7 +22,7 @@ from sdm.train.sd_model import (
     sample_absorbing,
     vqsvae_from_checkpoint,
 )
-from sdm.train.sd_trainer import SDTrainConfig, train_absorbing, train_vqsvae
+from sdm.train.sd_trainer import SDTrainConfig, holdout_split, train_absorbing, train_vqsvae
 from sdm.train.sdid import SDID, SDIDConfig
 from sdm.train.vqsvae import VQSVAE, VQSVAEConfig, VQSVAEOutput, psp, vqsvae_loss
 
@@ -319,6 +319,21 @@ def runs(tmp_path_factory, torch_threads):
     return out
 
 
+def test_holdout_is_a_fixed_random_subset():
+    """Held-out images: the same for any seed and in both stages, every class of the label-sorted
+    mnist-bundled in training, and none of them ever trained on."""
+    keep, held = holdout_split(5000, 500)
+    assert len(keep) == 4500 and len(held) == 500 and not set(keep.tolist()) & set(held.tolist())
+    assert torch.equal(keep, keep.sort().values) and torch.equal(holdout_split(5000, 500)[1], held)
+    from sdm.train.data import load_dataset
+
+    labels = load_dataset("mnist-bundled", image_size=28).labels
+    assert torch.bincount(labels[held], minlength=10).min() > 25  # mnist-bundled is sorted by digit
+    assert len(holdout_split(5000, 0)[1]) == 0
+    with pytest.raises(ConfigError, match="holdout=5000"):
+        holdout_split(5000, 5000)
+
+
 @pytest.mark.parametrize("stage", ["vq", "ab"])
 def test_resume_is_bit_identical(runs, stage):
     a = load_checkpoint(runs["root"] / stage / "model.pt")
@@ -349,7 +364,7 @@ def test_checkpoints_round_trip(runs, tmp_path):
     # the tokens are what the VQ-SVAE gives the training images
     from sdm.train.data import load_dataset
 
-    images = load_dataset("mnist-bundled", image_size=28).images_uint8[:100].float() / 127.5 - 1
+    images = load_dataset("mnist-bundled", image_size=28).images_uint8[holdout_split(5000, 4900)[0]].float() / 127.5 - 1
     assert torch.equal(vq.tokens(images).to(torch.int16), ab["tokens"])
     # no state carries over between calls: an image's tokens do not depend on its batch or on earlier calls
     assert torch.equal(vq.tokens(images[:7]), vq.tokens(images)[:7])
@@ -389,7 +404,7 @@ def test_ema_weights_and_their_batchnorm_statistics(runs):
     from sdm.train.data import infinite_loader, load_dataset
 
     data = load_dataset("mnist-bundled", image_size=28)
-    data.images_uint8 = data.images_uint8[:100]
+    data.images_uint8 = data.images_uint8[holdout_split(5000, VQ_TRAIN.holdout)[0]]
     seed = VQ_TRAIN.seed * 10_000_019 + 6 + 1
     batches = [(x,) for _, x in zip(range(2), infinite_loader(data, VQ_TRAIN.batch_size, seed=seed))]
     recalibrate_batchnorm(vq, batches)

@@ -65,7 +65,7 @@ class SDTrainConfig:
     grad_clip: float = 0.0  # 0 = off (the reference does not clip)
     ema_decay: float = 0.0  # 0 = off (the reference has no EMA)
     ema_bn_batches: int = 8  # batches that recompute the EMA network's BatchNorm statistics at each save
-    holdout: int = 0  # the last `holdout` images of the data set are never trained on (held out)
+    holdout: int = 0  # images never trained on: a fixed random subset (holdout_split), the same in both stages
     seed: int = 42
     ckpt_every: int = 500
     log_every: int = 10
@@ -89,14 +89,29 @@ class SDTrainConfig:
 
 
 # ----- shared pieces ---------------------------------------------------------------------
+HOLDOUT_SEED = 0
+
+
+def holdout_split(n: int, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(training indices, held-out indices)`` of a data set of ``n`` images, both ascending.
+
+    The held-out images are the last ``holdout`` of a permutation seeded by a fixed seed, so they
+    depend on ``n`` alone: both stages and every training seed hold out the same images, and a
+    label-sorted data set (mnist-bundled is sorted by digit) still keeps every class in training."""
+    if not 0 <= holdout < n:
+        raise ConfigError(f"holdout={holdout} must leave training images of the {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return perm[:n - holdout].sort().values, perm[n - holdout:].sort().values
+
+
 def _training_images(cfg: SDTrainConfig, img_size: int, img_ch: int) -> ImageDataset:
-    """The data set at the model's size and channels, without its last ``holdout`` images."""
+    """The data set at the model's size and channels, without its held-out images (:func:`holdout_split`)."""
     ds = load_dataset(cfg.data, image_size=img_size, channels=img_ch)
-    n = len(ds) - cfg.holdout
-    if n < 1:
+    if cfg.holdout >= len(ds):
         raise ConfigError(f"holdout={cfg.holdout} leaves no training images of the {len(ds)} in {cfg.data!r}")
-    labels = None if ds.labels is None else ds.labels[:n]
-    return ImageDataset(ds.images_uint8[:n], ds.name, labels, ds.hflip)
+    keep, _ = holdout_split(len(ds), cfg.holdout)
+    labels = None if ds.labels is None else ds.labels[keep]
+    return ImageDataset(ds.images_uint8[keep], ds.name, labels, ds.hflip)
 
 
 def _index_stream(n: int, batch_size: int, seed: int, start_batch: int = 0, dist_info: Dist | None = None

@@ -4,9 +4,11 @@
    mnist-bundled; see README), or, with ``--train-steps N`` or when it is missing, a short
    training run;
 2. a sample grid from PyTorch (DDIM);
-3. NIR export, read back and checked layer by layer;
-4. a few denoising steps in Lava (floating_pt), compared spike for spike with PyTorch;
-5. the per-layer energy report and plot.
+3. a grid of the second family, Spiking-Diffusion (``models/sd-absorbing/model.pt``: VQ-SVAE +
+   absorbing diffusion with SDID), beside the UNet's in one picture;
+4. NIR export, read back and checked layer by layer;
+5. a few denoising steps in Lava (floating_pt), compared spike for spike with PyTorch;
+6. the per-layer energy report and plot.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from pathlib import Path
 
 from . import options
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent.parent / "models" / "demo.pt"
+MODELS = Path(__file__).resolve().parent.parent.parent / "models"
+DEMO_CHECKPOINT = MODELS / "demo.pt"
+SD_CHECKPOINT = MODELS / "sd-absorbing" / "model.pt"  # Spiking-Diffusion (README: how it was trained)
+SD_TEMPERATURE = 1.0
 DEMO_MODEL = {"ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "T": 4, "img_size": 32, "img_ch": 1}
 DEMO_TRAIN = {"data": "mnist-bundled", "batch_size": 32, "lr": 1e-3, "warmup": 20, "ckpt_every": 100,
               "log_every": 10}
@@ -38,6 +43,10 @@ def add_parser(sub):
     p.add_argument("-n", type=int, default=36, help="samples in the grid")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the grid")
     p.add_argument("--lava-steps", type=int, default=2, help="denoising steps simulated in Lava (0: skip)")
+    p.add_argument("--sd-model", default=str(SD_CHECKPOINT),
+                   help="Spiking-Diffusion (absorbing) checkpoint for the second grid ('' to skip it)")
+    p.add_argument("--temperature", type=float, default=SD_TEMPERATURE,
+                   help="token sampling temperature of the Spiking-Diffusion grid")
     p.set_defaults(func=run)
     return p
 
@@ -48,7 +57,8 @@ def run(a) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     model_path = _model(a, out)
-    model = _sample(a, model_path, out)
+    model, unet_grid = _sample(a, model_path, out)
+    _spiking_diffusion(a, unet_grid, out)
     _export(a, model, model_path, out)
     _lava(a, out)
     _energy(a, model_path, out)
@@ -56,7 +66,8 @@ def run(a) -> None:
 
 
 # the files the demo writes in --out DIR, and their kinds (sdm.paths)
-OUTPUTS = {"samples.png": "png", "demo.nir": "nir", "energy.txt": "text", "energy.png": "png"}
+OUTPUTS = {"samples.png": "png", "sd_samples.png": "png", "families.png": "png", "demo.nir": "nir",
+           "energy.txt": "text", "energy.png": "png"}
 
 
 def _check(a) -> Path:
@@ -70,7 +81,12 @@ def _check(a) -> Path:
     trains = bool(a.train_steps) or not Path(a.model).exists()
     if not a.model:
         raise UserError("--model: empty path")
+    options.check_float(a.temperature, "--temperature", low=0.0, low_open=True)
     inputs = [] if trains else [("--model", a.model)]
+    if a.sd_model:
+        if not Path(a.sd_model).is_file():
+            raise UserError(f"--sd-model {a.sd_model}: no such file (give '' to skip the Spiking-Diffusion grid)")
+        inputs.append(("--sd-model", a.sd_model))
     out = check_directory(a.out, "--out", inputs=inputs)
     for name, kind in OUTPUTS.items():
         check_output(out / name, "--out", kind, inputs=inputs, force=a.force)
@@ -87,13 +103,13 @@ def _model(a, out: Path) -> Path:
     """Step 1: the checkpoint to demonstrate (trained here with --train-steps or when it is missing)."""
     model_path = Path(a.model)
     if not a.train_steps and model_path.exists():
-        print(f"[1/5] model: {model_path}")
+        print(f"[1/6] model: {model_path}")
         return model_path
     from sdm.train.trainer import TrainConfig, train
     from sdm.train.unet import UNetConfig
 
     steps = a.train_steps or 300
-    print(f"[1/5] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
+    print(f"[1/6] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
     from sdm.paths import check_run_dir, run_lock
 
     with run_lock(out / "train", "--out"):  # as sdm train: one writer per run directory
@@ -113,11 +129,33 @@ def _sample(a, model_path: Path, out: Path):
     cfg = model.cfg
     print(f"      {cfg.img_size}x{cfg.img_size}x{cfg.img_ch}, ch {cfg.ch}, ch_mult {list(cfg.ch_mult)}, "
           f"T={cfg.T}, trained {ckpt.get('step', '?')} steps on {ckpt.get('data', {}).get('spec', '?')}")
-    print(f"[2/5] sampling {a.n} images with DDIM ({a.sample_steps} steps) in PyTorch")
+    print(f"[2/6] sampling {a.n} images with DDIM ({a.sample_steps} steps) in PyTorch")
     t0 = time.perf_counter()
     x = generate(model, diffusion, a.n, sampler="ddim", steps=a.sample_steps, seed=a.seed)
     print(f"      wrote {save_grid(x, out / 'samples.png', scale=2)} ({time.perf_counter() - t0:.1f} s)")
-    return model
+    return model, x
+
+
+def _spiking_diffusion(a, unet_grid, out: Path) -> None:
+    """Step 3: a grid of the second family, and both grids in one picture."""
+    if not a.sd_model:
+        print("[3/6] Spiking-Diffusion grid skipped (--sd-model '')")
+        return
+    from sdm.images import save_grid, save_side_by_side
+    from sdm.train.checkpoint import load_checkpoint
+    from sdm.train.sd_model import load_absorbing, sample_absorbing
+
+    ckpt = load_checkpoint(a.sd_model)
+    model = load_absorbing(ckpt, use_ema=not a.no_ema)
+    vq, sdid = model.vqsvae.cfg, model.denoiser.cfg
+    print(f"[3/6] Spiking-Diffusion: {a.n} samples, {model.diffusion.cfg.steps} unmasking steps over the "
+          f"{vq.latent_size}x{vq.latent_size} tokens, temperature {a.temperature:g} ({a.sd_model}: SDID channels "
+          f"{list(sdid.channels)}, T={sdid.T}, trained {ckpt.get('step', '?')} steps)")
+    t0 = time.perf_counter()
+    x = sample_absorbing(model, a.n, temperature=a.temperature, seed=a.seed)
+    seconds = time.perf_counter() - t0
+    print(f"      wrote {save_grid(x, out / 'sd_samples.png', scale=2)} ({seconds:.1f} s) and "
+          f"{save_side_by_side([unet_grid, x], out / 'families.png', scale=2)} (UNet left, Spiking-Diffusion right)")
 
 
 def _export(a, model, model_path: Path, out: Path) -> None:
@@ -127,7 +165,7 @@ def _export(a, model, model_path: Path, out: Path) -> None:
     from sdm.export.api import export_checkpoint, import_nir
     from sdm.export.verify import compare
 
-    print("[3/5] exporting to NIR and checking the import layer by layer")
+    print("[4/6] exporting to NIR and checking the import layer by layer")
     cfg = model.cfg
     s = export_checkpoint(model_path, out / "demo.nir", dtype="float64", use_ema=not a.no_ema)
     den = import_nir(out / "demo.nir", dtype="float64")
@@ -143,9 +181,9 @@ def _export(a, model, model_path: Path, out: Path) -> None:
 def _lava(a, out: Path) -> None:
     """Step 4: ``--lava-steps`` denoising steps in Lava, each checked against PyTorch."""
     if a.lava_steps <= 0:
-        print("[4/5] Lava simulation skipped (--lava-steps 0)")
+        print("[5/6] Lava simulation skipped (--lava-steps 0)")
         return
-    print(f"[4/5] {a.lava_steps} denoising steps in Lava (floating_pt, CPU), each checked against PyTorch")
+    print(f"[5/6] {a.lava_steps} denoising steps in Lava (floating_pt, CPU), each checked against PyTorch")
     from sdm.neuromorphic.run import simulate
 
     rep = simulate(out / "demo.nir", out / "lava", denoise_steps=a.lava_steps, n=1, seed=a.seed)
@@ -162,7 +200,7 @@ def _energy(a, model_path: Path, out: Path) -> None:
     from sdm.energy.report import energy_report, format_table, plot
     from sdm.files import write_text
 
-    print("[5/5] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
+    print("[6/6] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
     rep = energy_report(model_path, denoise_steps=4, n=4, seed=a.seed, use_ema=not a.no_ema)
     table = format_table(rep)
     write_text(out / "energy.txt", table)

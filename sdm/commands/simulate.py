@@ -20,7 +20,17 @@ def add_parser(sub):
     p.add_argument("--denoise-steps", type=int, default=4,
                    help="number of denoiser calls K: a K-step schedule of the sampler; ddpm: its first K steps")
     p.add_argument("--mode", choices=["floating_pt", "fixed_pt"], default="floating_pt")
-    p.add_argument("-n", type=int, default=1, help="images, pipelined through the network as one batch")
+    p.add_argument("--build", choices=["fused", "loihi"], default="fused",
+                   help="fused (default): the graph cut into a few stage processes, T Lava steps per call, the mode "
+                        "for generating on a CPU; loihi: one Lava process per layer, latency-aligned "
+                        "(docs/lava-mapping.md)")
+    p.add_argument("--stages", type=int, default=None, metavar="K",
+                   help="fused build: the number of stage processes (default 6)")
+    p.add_argument("--protocol", choices=["loihi", "async"], default="loihi",
+                   help="Lava's Loihi protocol (a barrier every step) or every process asynchronous: the same "
+                        "spikes, fewer messages")
+    p.add_argument("-n", type=int, default=1,
+                   help="images, as one batch (fused: an array dimension; loihi: pipelined through the network)")
     p.add_argument("--threshold-scale", type=float, default=1.0)
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)
@@ -34,12 +44,15 @@ def run(a) -> None:
     options.check_int(a.n, "-n", 1)
     options.check_int(a.denoise_steps, "--denoise-steps", 1)
     options.check_threshold_scale(a.threshold_scale)
+    options.check_int(a.stages, "--stages", 1)
     check_outputs(a.out, a.nir_file, a.force)
     r = simulate(a.nir_file, a.out, denoise_steps=a.denoise_steps, n=a.n, sampler=a.sampler, mode=a.mode,
-                 seed=a.seed, threshold_scale=a.threshold_scale, order=a.order)
+                 seed=a.seed, threshold_scale=a.threshold_scale, order=a.order, build=a.build, stages=a.stages,
+                 protocol=a.protocol)
     per_call = r["seconds_per_call_after_first"]
-    print(f"{r['mode']}: {r['denoise_steps']} denoiser calls x {r['images']} image(s), {r['lava_processes']} Lava "
-          f"processes, {r['lava_steps_per_call']} Lava steps per call; compile + first call "
+    print(f"{r['build']} build, {r['mode']}, {r['protocol']} protocol: {r['denoise_steps']} denoiser calls x "
+          f"{r['images']} image(s), {r['lava_processes']} Lava processes, {r['lava_steps_per_call']} Lava steps per "
+          "call; compile + first call "
           f"{r['compile_and_first_call_seconds']:.1f} s" + (f", then {per_call:.2f} s per call" if per_call else ""))
     worst = max(r["spike_mismatch_rate"].items(), key=lambda kv: kv[1])
     print(f"vs PyTorch: {r['total_spike_mismatches']} spike mismatches (worst layer {worst[0]}: {worst[1]:.2%}), "

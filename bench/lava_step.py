@@ -1,21 +1,25 @@
-"""Wall time of one denoiser call in Lava's CPU simulator (floating_pt) against PyTorch on the CPU.
+"""Wall time of one denoiser call in Lava's CPU simulator (floating_pt), every build side by side with PyTorch.
 
-One run measures, for the same network:
+One run measures, for the same network and each batch size (default 1 and 4):
 
-* Lava: compile time (the first call), wall time per denoiser call (median over the calls
-  after the first), the number of Lava processes and Lava steps per call, and whether every
-  spike of every call equals the PyTorch executor's (float64) spikes;
-* PyTorch: the graph executor ``GraphDenoiser`` in float32 and, for the built-in demo model,
-  the original ``SpikingUNet`` eval forward, batch 1, median of several calls;
-* the ratio Lava / PyTorch per image (a Lava call on a pipelined batch of B images counts B).
+* PyTorch: the graph executor ``GraphDenoiser`` in float32 and, for the built-in demo model, the
+  original ``SpikingUNet`` eval forward, at that batch, median of several calls, timed again right
+  before each Lava configuration (the load of a shared machine changes within a run);
+* Lava, per configuration (``--configs``): compile time (the first call: compile, start every
+  process, one run), wall time per call (median of the calls after the first), Lava processes and
+  steps per call, whether every spike of every call equals the PyTorch executor's (float64) spikes,
+  and the processes left after closing;
+* the ratios Lava / PyTorch per call, and the targets of issue 16 (fused <= 5x PyTorch at batch 1,
+  loihi-async >= 2.5x faster than loihi, fused compile < 3 s).
 
-``--conv`` picks the Lava conv process models to time, a comma list of ``fast`` (the project's
-im2col model with window gating, docs/lava-mapping.md), ``ungated`` (the same model computing every
-step) and ``stock`` (Lava's ``PyConvModelFloat``); the default ``fast,ungated`` shows what the
-gating gains, ``both`` means ``fast,stock``. Every run after the first reports fast's speedup over it.
+Configurations: ``loihi`` (one process per layer, Loihi protocol), ``loihi-async`` (the same graph,
+every process asynchronous), ``fused1`` (one stage process), ``fused`` (the default number of
+stages; both fused ones asynchronous, their default), ``fused-loihi`` (the default stages under the
+Loihi protocol), and, not run by default, ``loihi-ungated`` (the im2col conv without its read
+window) and ``loihi-stock`` (Lava's own conv model).
 
-    python bench/lava_step.py                      # demo-sized random model, batch 1
-    python bench/lava_step.py --batch 4 --conv fast,stock
+    python bench/lava_step.py                          # demo-sized random model, batch 1 and 4
+    python bench/lava_step.py --batch 1 --configs fused1,fused,fused-loihi
     python bench/lava_step.py --model out/model.nir --calls 4
 """
 
@@ -28,26 +32,36 @@ import sys
 import time
 import warnings
 
-CONV_MODELS = ("fast", "ungated", "stock")
+CONFIGS = {  # name: LavaDenoiser options (+ "conv": a variant of the loihi build's conv model)
+    "loihi": dict(build="loihi"),
+    "loihi-async": dict(build="loihi", protocol="async"),
+    "fused1": dict(build="fused", stages=1),
+    "fused": dict(build="fused"),
+    "fused-loihi": dict(build="fused", protocol="loihi"),
+    "loihi-ungated": dict(build="loihi", conv="ungated"),
+    "loihi-stock": dict(build="loihi", conv="stock"),
+}
+DEFAULT_CONFIGS = "loihi,loihi-async,fused1,fused,fused-loihi"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="NIR file of a denoiser (default: a randomised demo-sized SpikingUNet)")
-    p.add_argument("--batch", type=int, default=1, help="images per Lava call (pipelined)")
-    p.add_argument("--calls", type=int, default=5, help="Lava denoiser calls, the first one compiles")
+    p.add_argument("--batch", default="1,4", help="comma list of batch sizes (images per Lava call)")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--calls", type=int, default=5, help="Lava denoiser calls per configuration, the first compiles")
     p.add_argument("--torch-calls", type=int, default=10, help="timed PyTorch calls (after 2 warm-up calls)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the PyTorch timings")
-    p.add_argument("--conv", default="fast,ungated",
-                   help="comma list of Lava conv process models: fast (im2col + window gating), ungated "
-                        "(im2col, every step), stock (Lava's own); 'both' = fast,stock")
-    p.add_argument("--stock-conv", action="store_true", help="same as --conv stock")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    a.conv = ["stock"] if a.stock_conv else ("fast,stock" if a.conv == "both" else a.conv).split(",")
-    if not a.conv or any(c not in CONV_MODELS for c in a.conv):
-        p.error(f"--conv: a comma list of {', '.join(CONV_MODELS)}")
-    if a.calls < 2 or a.batch < 1 or a.torch_calls < 1 or a.threads < 1:
+    try:
+        a.batch = [int(b) for b in a.batch.split(",")]
+    except ValueError:
+        p.error("--batch: a comma list of integers")
+    a.configs = a.configs.split(",")
+    if any(c not in CONFIGS for c in a.configs):
+        p.error(f"--configs: a comma list of {', '.join(CONFIGS)}")
+    if a.calls < 2 or min(a.batch) < 1 or a.torch_calls < 1 or a.threads < 1:
         p.error("--calls must be >= 2, --batch, --torch-calls and --threads >= 1")
     return a
 
@@ -91,15 +105,15 @@ def median_time(fn, n: int, warmup: int = 2) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def torch_timings(graph, model, args) -> dict:
+def torch_timings(graph, model, batch: int, args) -> dict:
     from sdm.export.execute import GraphDenoiser
 
     c, h, w = graph.host.img_shape
-    x = torch.randn(1, c, h, w)
-    t = torch.tensor([500])
+    x = torch.randn(batch, c, h, w)
+    t = torch.full((batch,), 500)
     out = {}
     den = GraphDenoiser(graph, torch.float32).eval()
-    out["GraphDenoiser float32"] = median_time(lambda: den(x, t), args.torch_calls)
+    out["GraphDenoiser f32"] = median_time(lambda: den(x, t), args.torch_calls)
     if model is not None:
         m = model.float().eval()
 
@@ -107,7 +121,7 @@ def torch_timings(graph, model, args) -> dict:
             with torch.no_grad():
                 m(x, t)
 
-        out["SpikingUNet eval forward"] = median_time(forward, args.torch_calls)
+        out["SpikingUNet"] = median_time(forward, args.torch_calls)
     return out
 
 
@@ -130,56 +144,62 @@ def _children() -> int:
     return n
 
 
-def lava_run(graph, conv: str, args) -> dict:
+def _conv_variant(sim, conv: str) -> None:
+    """The loihi build with another conv model: ``ungated`` (no read window) or ``stock`` (Lava's own)."""
+    from lava.proc.conv.process import Conv
+
+    from sdm.neuromorphic.lava_models.conv_model import set_read_window
+
+    convs = [p for p in sim.net.procs.values() if isinstance(p, Conv)]
+    if conv == "ungated":
+        for p in convs:
+            set_read_window(p, None)
+        return
+    from lava.proc.conv.models import PyConvModelFloat
+
+    make_cfg = sim._run_cfg
+
+    def stock_cfg():
+        cfg = make_cfg()
+        cfg.exception_proc_model_map.update({p: PyConvModelFloat for p in convs})
+        return cfg
+
+    sim._run_cfg = stock_cfg
+
+
+def lava_run(graph, name: str, batch: int, args) -> dict:
     from sdm.export.execute import GraphDenoiser
     from sdm.neuromorphic.simulator import LavaDenoiser
 
-    B = args.batch
+    options = dict(CONFIGS[name])
+    conv = options.pop("conv", None)
     c, h, w = graph.host.img_shape
     gen = torch.Generator().manual_seed(args.seed + 1)
     steps = torch.linspace(999, 0, args.calls).round().long()  # a sampling-like sequence of diffusion steps
     ref = GraphDenoiser(graph, torch.float64)
     ref.record = True
-    res = dict(conv=conv, call_s=[], mismatches=0, spikes=0, eps_err=0.0)
-    sim = LavaDenoiser(graph, batch=B, record_spikes=True)
-    if conv == "ungated":  # the fast model without its read window computes every step
-        from lava.proc.conv.process import Conv
-
-        from sdm.neuromorphic.lava_models.conv_model import set_read_window
-
-        for p in sim.net.procs.values():
-            if isinstance(p, Conv):
-                set_read_window(p, None)
-    if conv == "stock":
-        from lava.magma.core.run_configs import Loihi2SimCfg
-        from lava.proc.conv.models import PyConvModelFloat
-        from lava.proc.conv.process import Conv
-
-        # the same process graph, only Lava's own float model for every Conv process
-        sim._run_cfg = lambda: Loihi2SimCfg(select_tag="floating_pt", exception_proc_model_map={Conv: PyConvModelFloat})
+    res = dict(config=name, batch=batch, call_s=[], mismatches=0, spikes=0, eps_err=0.0)
+    sim = LavaDenoiser(graph, batch=batch, record_spikes=True, **options)
+    if conv:
+        _conv_variant(sim, conv)
     try:
-        res["processes"] = sim.num_processes
-        res["run_length"] = sim.net.run_length
+        res["processes"], res["run_length"] = sim.num_processes, sim.net.run_length
         for i, step in enumerate(steps.tolist()):
-            x = torch.randn(B, c, h, w, generator=gen, dtype=torch.float64)
-            t = torch.full((B,), step)
+            x = torch.randn(batch, c, h, w, generator=gen, dtype=torch.float64)
+            t = torch.full((batch,), step)
             t0 = time.perf_counter()
             eps = sim(x, t)
             dt = time.perf_counter() - t0
             if i == 0:
-                res["first_call_s"] = dt
-                res["compile_s"] = sim.compile_seconds
-                res["os_processes"] = _children()
-                timing0 = dict(sim.timing)
+                res["first_call_s"], res["os_processes"] = dt, _children()
             else:
                 res["call_s"].append(dt)
             eps_ref = ref(x, t)
             res["eps_err"] = max(res["eps_err"], (eps - eps_ref).abs().max().item())
-            for name, s in ref.spikes.items():
-                res["mismatches"] += int((torch.from_numpy(sim.last_spikes[name]) != s).sum())
-                res["spikes"] += int(s.sum())
-            print(f"  [{conv}] call {i + 1}/{args.calls} t={step}: {dt:.2f} s", file=sys.stderr, flush=True)
-        res["timing"] = {k: (v - timing0.get(k, 0.0)) / (args.calls - 1) for k, v in sim.timing.items()}
+            for n, s in ref.spikes.items():
+                res["mismatches"] += int((torch.from_numpy(sim.last_spikes[n]) != s).sum())
+                res["spikes"] += int(s.abs().sum())
+            print(f"  [{name} b{batch}] call {i + 1}/{args.calls} t={step}: {dt:.3f} s", file=sys.stderr, flush=True)
     finally:
         t0 = time.perf_counter()
         sim.close()
@@ -189,64 +209,80 @@ def lava_run(graph, conv: str, args) -> dict:
     return res
 
 
+def result_rows(runs: list[dict]) -> list[tuple[str, ...]]:
+    """One row per (batch, configuration): the Lava numbers and the ratio to each PyTorch timing taken
+    just before it."""
+    names = list(runs[0]["torch"])
+    rows = [("batch", "config", "processes", "steps/call", "compile s", "call ms", "per image ms",
+             *[f"x {n}" for n in names], "spikes equal", "left")]
+    for r in runs:
+        med = r["call_median_s"]
+        ratios = [f"{med / r['torch'][n][0]:.1f}x" for n in names]
+        equal = "yes" if r["mismatches"] == 0 else f"NO ({r['mismatches']})"
+        rows.append((str(r["batch"]), r["config"], f"{r['processes']} ({r['os_processes']})", str(r["run_length"]),
+                     f"{r['first_call_s']:.2f}", f"{med * 1e3:.0f}", f"{med / r['batch'] * 1e3:.0f}", *ratios,
+                     equal, str(r["left_after_close"])))
+    return rows
+
+
+def target_lines(runs: list[dict]) -> list[str]:
+    """The targets of issue 16, measured in this run (batch 1; PyTorch: the fastest of the timings taken
+    just before the configuration)."""
+    by = {(r["config"], r["batch"]): r for r in runs}
+    lines = []
+
+    def check(label, value, ok):
+        lines.append(f"{label}: {value}  [{'met' if ok else 'MISSED'}]")
+
+    if ("fused", 1) in by:
+        ratio = by["fused", 1]["call_median_s"] / min(m for m, _ in by["fused", 1]["torch"].values())
+        check("fused (default K) per call / fastest PyTorch, batch 1 (target <= 5x)", f"{ratio:.1f}x", ratio <= 5)
+    if ("loihi", 1) in by and ("loihi-async", 1) in by:
+        speedup = by["loihi", 1]["call_median_s"] / by["loihi-async", 1]["call_median_s"]
+        check("loihi-async speedup over loihi, batch 1 (target >= 2.5x)", f"{speedup:.2f}x", speedup >= 2.5)
+    for (name, b), r in by.items():
+        if name.startswith("fused"):
+            check(f"{name} compile + first call, batch {b} (target < 3 s)", f"{r['first_call_s']:.2f} s",
+                  r["first_call_s"] < 3)
+    return lines
+
+
 def main(args) -> int:
     warnings.filterwarnings("ignore", message="Cannot import module")
     torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    load0 = os.getloadavg()[0]
+    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     graph, model, desc = load(args)
     if graph.host is None:
         print("the NIR file has no host side (not a denoiser): nothing to time", file=sys.stderr)
         return 2
     print(f"model: {desc}", file=sys.stderr)
-    print(f"PyTorch timings ({args.threads} threads, batch 1) ...", file=sys.stderr, flush=True)
-    pt = torch_timings(graph, model, args)
-    runs = [lava_run(graph, conv, args) for conv in args.conv]
-
-    B = args.batch
+    runs = []
+    for b in args.batch:
+        for name in args.configs:
+            print(f"PyTorch timings ({args.threads} threads, batch {b}) ...", file=sys.stderr, flush=True)
+            pt = torch_timings(graph, model, b, args)
+            runs.append({**lava_run(graph, name, b, args), "torch": pt})
     print()
     print(f"Lava floating_pt vs PyTorch CPU -- {desc}")
-    print(f"batch {B} per Lava call, {args.calls} calls (the first compiles), torch threads {args.threads}, "
-          f"{os.cpu_count()} CPUs")
-    rows = []
-    for r in runs:
-        per_img = r["call_median_s"] / B
-        rows += [
-            (f"[{r['conv']} conv] Lava processes (OS processes)", f"{r['processes']} ({r['os_processes']})"),
-            (f"[{r['conv']} conv] Lava steps per call", f"{r['run_length']} ({r['run_length'] / B:g} per image)"),
-            (f"[{r['conv']} conv] compile (first call) / close", f"{r['first_call_s']:.2f} s / {r['close_s']:.2f} s, "
-                                                                  f"{r['left_after_close']} processes left"),
-            (f"[{r['conv']} conv] wall time per call (median of {len(r['call_s'])})",
-             f"{r['call_median_s']:.3f} s  (min {min(r['call_s']):.3f}, max {max(r['call_s']):.3f})"),
-            (f"[{r['conv']} conv]   of which set inputs / run / read records",
-             " / ".join(f"{r['timing'].get(k, float('nan')):.3f}" for k in ("set_inputs", "run", "read_records"))
-             + " s"),
-            (f"[{r['conv']} conv] per image",
-             f"{per_img:.3f} s  ({per_img / r['run_length'] * B * 1e3:.1f} ms per step)"),
-            (f"[{r['conv']} conv] spikes equal PyTorch (float64)",
-             f"{'yes' if r['mismatches'] == 0 else 'NO'}: {r['mismatches']} of {r['spikes']} spikes differ, "
-             f"max |eps diff| {r['eps_err']:.1e}"),
-        ]
-        for name, (med, best) in pt.items():
-            rows.append((f"[{r['conv']} conv] Lava / {name} per image",
-                         f"{per_img / med:.1f}x  (Lava median / PyTorch min: {per_img / best:.1f}x)"))
-    for name, (med, best) in pt.items():
-        rows.append((f"PyTorch {name}, batch 1 (median of {args.torch_calls})",
-                     f"{med * 1e3:.2f} ms  (min {best * 1e3:.2f} ms)"))
-    if model is None:
-        rows.append(("PyTorch SpikingUNet eval forward", "n/a (--model: no PyTorch module)"))
-    for other in runs[1:]:
-        first, alt = runs[0]["conv"], other["conv"]
-        rows.append((f"speedup of {first} over {alt} ({alt} / {first} per call)",
-                     f"{other['call_median_s'] / runs[0]['call_median_s']:.2f}x"))
-    rows.append(("bench wall time", f"{time.perf_counter() - t_start:.0f} s"))
-    rows.append(("load average at start / end (other work skews timings)",
-                 f"{load0:.1f} / {os.getloadavg()[0]:.1f}"))
-    width = max(len(k) for k, _ in rows)
-    print("-" * (width + 40))
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    print("-" * (width + 40))
+    print(f"{args.calls} Lava calls per configuration (the first compiles; call = median of the rest), torch threads "
+          f"{args.threads}, {os.cpu_count()} CPUs; ratios: Lava call / PyTorch call at the same batch")
+    rows = result_rows(runs)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("-" * w for w in widths)
+    print(rule)
+    for i, r in enumerate(rows):
+        print("  ".join(v.rjust(w) if v[:1].isdigit() else v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print(rule)
+    print(rule)
+    for b in args.batch:
+        medians = {n: [r["torch"][n][0] * 1e3 for r in runs if r["batch"] == b] for n in runs[0]["torch"]}
+        print(f"PyTorch, batch {b}, medians before each configuration: "
+              + ", ".join(f"{n} {min(v):.1f}-{max(v):.1f} ms" for n, v in medians.items()))
+    for line in target_lines(runs):
+        print(line)
+    print(f"bench wall time {time.perf_counter() - t_start:.0f} s; load average at start / end "
+          f"{load0:.1f} / {os.getloadavg()[0]:.1f} (other work skews timings: compare ratios within one run)")
     return 0 if all(r["mismatches"] == 0 for r in runs) else 1
 
 

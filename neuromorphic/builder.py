@@ -16,8 +16,15 @@ multiple of ``B*T`` so that every phase repeats identically from call to call).
 
 Constants: conv biases are attached to the node the conv feeds (the neuron's ``bias_mant``,
 a junction's ``bias``, a TSM gain's input bias).  The time embedding enters as one graded
-input vector ``swish(temb(t))`` (a RingBuffer set once per call) feeding every block's
-projection through a :class:`ChannelDense` synapse; the projections' biases are neuron biases.
+input vector ``swish(temb(t))`` feeding every block's projection through a
+:class:`ChannelDense` synapse; the projections' biases are neuron biases.
+
+Inputs: the image batch and the time embedding are memory-mapped files (:class:`Probes` with
+``prefix="in-"``) that the host writes before each run and :class:`MemmapSource` processes read;
+``Var.set`` would move one message per value through the runtime (and the asynchronous protocol
+refuses it).
+
+The same factories make the layers of the fused build (:mod:`.fused`), with every depth 0.
 
 :func:`build` runs named passes, in the style of lava-dl's netx (one ``create_*`` per layer type):
 
@@ -46,10 +53,9 @@ from .lava_runtime import ensure_lava_runtime
 
 if TYPE_CHECKING:
     from lava.magma.core.process.process import AbstractProcess
-    from lava.proc.io.source import RingBuffer
 
     from .fixed_point import FixedPointPlan
-    from .lava_models.processes import DelayLine, RecordingLIFReset
+    from .lava_models.processes import DelayLine, MemmapSource, RecordingLIFReset
 
 
 class LavaBuildError(SDMError):
@@ -181,17 +187,20 @@ def constant_inputs(graph: SNNGraph) -> dict[str, np.ndarray]:
 
 # ----- pass 3: one process per node ---------------------------------------------------------
 class Probes:
-    """The ``.npy`` memory maps ``(window, W, H, C)`` that processes write their window into."""
+    """``.npy`` memory maps shared with the processes: by default the ``(window, W, H, C)`` records that
+    processes write their window into; with ``rows`` given, any ``(rows, *shape)`` file (the inputs)."""
 
-    def __init__(self, directory: str, window: int):
+    def __init__(self, directory: str, window: int, prefix: str = ""):
         self.directory = directory
         self.window = window
-        self.files: dict[str, np.ndarray] = {}  # IR name -> memory map
+        self.prefix = prefix
+        self.files: dict[str, np.ndarray] = {}  # IR name (or input name) -> memory map
 
-    def add(self, name: str, shape: tuple[int, int, int]) -> str:
-        """Create the probe of ``name`` (Lava shape ``shape``) and return its path for the process."""
-        path = os.path.join(self.directory, f"{len(self.files):04d}.npy")
-        self.files[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(self.window, *shape))
+    def add(self, name: str, shape: tuple[int, ...], rows: int | None = None) -> str:
+        """Create the file of ``name`` (Lava shape ``shape``) and return its path for the process."""
+        path = os.path.join(self.directory, f"{self.prefix}{len(self.files):04d}.npy")
+        rows = self.window if rows is None else rows
+        self.files[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(rows, *shape))
         return path
 
 
@@ -203,11 +212,12 @@ class BuildContext:
     timing: Timing
     constants: dict[str, np.ndarray]
     probes: Probes
+    inputs: Probes  # the host's input files: "image" (B, W, H, C), "temb" (1, width)
     plan: FixedPointPlan | None = None  # fixed_pt parameters; None: floating_pt
     threshold_scale: float = 1.0
     record_spikes: bool = True
-    source: RingBuffer | None = None  # the image input, once made
-    temb_source: RingBuffer | None = None  # swish(temb), once a temb input is made
+    source: MemmapSource | None = None  # the image input, once made
+    temb_source: MemmapSource | None = None  # swish(temb), once a temb input is made
 
     def current(self, a) -> np.ndarray:
         """A float current in the mode's units (fixed point: integer state units)."""
@@ -218,29 +228,31 @@ class BuildContext:
         return whc(self.constants.get(name, np.zeros(self.graph.nodes[name].shape)))
 
     @property
-    def dtype(self) -> type:
-        return float if self.plan is None else int
+    def mode(self) -> str:
+        """The tag of the process models this context's parameters are for."""
+        return "floating_pt" if self.plan is None else "fixed_pt"
 
 
 Factory = Callable[[BuildContext, Node], "AbstractProcess | None"]
 
 
 def _input(ctx: BuildContext, node: AnalogInput) -> AbstractProcess:
-    """The image: a RingBuffer of ``window`` steps.  A temb input: its block's ChannelDense synapse,
-    fed by the one RingBuffer of ``swish(temb)`` (made with the first temb input)."""
-    from lava.proc.io.source import RingBuffer
+    """The image: a :class:`MemmapSource` of the batch file, each image repeated for T steps.  A temb
+    input: its block's ChannelDense synapse, fed by the one MemmapSource of ``swish(temb)`` (made with
+    the first temb input)."""
+    from .lava_models.processes import ChannelDense, MemmapSource
 
-    from .lava_models.processes import ChannelDense
-
-    shape = lava_shape(node.shape)
+    shape, t = lava_shape(node.shape), ctx.timing
     if node.kind == "image":
         if ctx.source is not None:
             raise LavaBuildError(f"{node.name}: only one image input is supported")
-        ctx.source = RingBuffer(data=np.zeros((*shape, ctx.timing.window), dtype=ctx.dtype))
+        path = ctx.inputs.add("image", shape, rows=t.batch)
+        ctx.source = MemmapSource(shape=shape, path=path, images=t.batch, repeat=t.T, name=node.name)
         return ctx.source
     w_proj = ctx.graph.host.temb_proj[node.block].w
     if ctx.temb_source is None:
-        ctx.temb_source = RingBuffer(data=np.zeros((w_proj.shape[1], 1), dtype=ctx.dtype))
+        path = ctx.inputs.add("temb", (w_proj.shape[1],), rows=1)
+        ctx.temb_source = MemmapSource(shape=(w_proj.shape[1],), path=path, name="(temb)")
     w, exp = (w_proj, 0) if ctx.plan is None else ctx.plan.graded_weight(w_proj)
     return ChannelDense(weight=w, weight_exp=exp, out_shape=shape, name=node.name)
 
@@ -371,7 +383,7 @@ def _ports(graph: SNNGraph, procs: dict[str, AbstractProcess], src: str, dst: st
 
 
 def wire(graph: SNNGraph, procs: dict[str, AbstractProcess], depth: dict[str, int],
-         temb_source: RingBuffer | None = None) -> list[Wire]:
+         temb_source: MemmapSource | None = None) -> list[Wire]:
     """Connect the processes along the graph's edges, delaying every input that arrives before its
     destination's depth (a conv's own step of latency counted)."""
     from .lava_models.processes import DelayLine
@@ -409,8 +421,9 @@ class LavaGraph:
 
     procs: dict[str, AbstractProcess]  # IR name -> process (the Output node has none)
     probes: dict[str, np.ndarray]  # IR name -> (window, W, H, C) memory map written by the process
-    source: RingBuffer  # the image, (W, H, C, B*T)
-    temb_source: RingBuffer | None  # swish(temb), (tdim, 1); None without a time embedding
+    inputs: dict[str, np.ndarray]  # "image": (B, W, H, C), "temb": (1, width) memory maps the host writes
+    source: MemmapSource  # the image input; the runtime is run and stopped through it
+    temb_source: MemmapSource | None  # swish(temb); None without a time embedding
     output: str  # IR name of the junction whose probe holds the graph output
     neurons: dict[str, RecordingLIFReset]  # IR neuron name -> its process
     depth: dict[str, int]
@@ -427,6 +440,11 @@ class LavaGraph:
     @property
     def num_processes(self) -> int:
         return len(self.procs) + len(self.delays) + (self.temb_source is not None)
+
+    def processes(self) -> list[AbstractProcess]:
+        """Every Lava process of the network (each needs its model: ``lava_models.catalog.model_map``)."""
+        extra = [self.temb_source] if self.temb_source is not None else []
+        return list(self.procs.values()) + self.delays + extra
 
     def table(self) -> str:
         """The network, one row per process: IR name, Lava process, output shape (W, H, C), depth,
@@ -472,11 +490,13 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
     for Lava's ``fixed_pt`` models; without one they are used as they are (``floating_pt``)."""
     ensure_lava_runtime()
     timing = plan_timing(graph, T, batch)
-    ctx = BuildContext(graph, timing, constant_inputs(graph), Probes(probe_dir, timing.window), plan=plan,
-                       threshold_scale=threshold_scale, record_spikes=record_spikes)
+    ctx = BuildContext(graph, timing, constant_inputs(graph), Probes(probe_dir, timing.window),
+                       Probes(probe_dir, timing.window, prefix="in-"), plan=plan, threshold_scale=threshold_scale,
+                       record_spikes=record_spikes)
     procs = make_processes(ctx)
     wires = wire(graph, procs, timing.depth, ctx.temb_source)
     neurons = {name: p for name, p in procs.items() if isinstance(graph.nodes[name], IFNeurons)}
-    return LavaGraph(procs=procs, probes=ctx.probes.files, source=ctx.source, temb_source=ctx.temb_source,
+    return LavaGraph(procs=procs, probes=ctx.probes.files, inputs=ctx.inputs.files, source=ctx.source,
+                     temb_source=ctx.temb_source,
                      output=timing.output, neurons=neurons, depth=timing.depth, run_length=timing.run_length,
                      window=timing.window, batch=batch, T=T, wires=wires)

@@ -1,7 +1,9 @@
 """``sdm simulate``: denoising steps in Lava, checked step by step against PyTorch.
 
 The host runs the diffusion arithmetic (DDIM or DDPM); every denoiser call goes to the
-Lava process graph, compiled once.  Each call is mirrored by the PyTorch executor of the
+Lava process graph, compiled once: the ``fused`` build (a few stage processes, the default for
+generating on a CPU) or the ``loihi`` build (one process per layer, latency-aligned), under
+Lava's Loihi protocol or all asynchronous (``protocol``).  Each call is mirrored by the PyTorch executor of the
 same NIR file in float64, so the run reports, per layer and step, how many spikes differ
 (floating_pt: none expected; fixed_pt: the quantisation deviation), the eps error, and at
 the end the difference between the Lava image and the PyTorch image.
@@ -34,7 +36,8 @@ from sdm.train.diffusion import GaussianDiffusion
 from sdm.train.samplers import Sampler, make_sampler
 
 from .builder import LavaBuildError, check_host
-from .simulator import LavaDenoiser
+from .fused import DEFAULT_STAGES, plan_stages
+from .simulator import BUILDS, PROTOCOLS, LavaDenoiser
 
 
 @dataclass
@@ -68,15 +71,27 @@ class RunInfo:
     processes: int
     run_length: int  # Lava steps per call
     warnings: list[str]  # the fixed-point plan's
+    build: str  # loihi | fused
+    protocol: str  # loihi | async
+    stages: int | None  # fused: the number of stage processes
 
 
 def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_steps: int = 4, n: int = 1,
              sampler: str = "ddim", mode: str = "floating_pt", seed: int = 0, threshold_scale: float = 1.0,
-             progress: bool = True, order: int = 2) -> dict:
-    """Run ``denoise_steps`` denoising steps for ``n`` images (pipelined as one batch) in Lava, with any
-    sampler (DPM-Solver's ``order``; the analytic ones read the moments of the file's host section)."""
+             progress: bool = True, order: int = 2, build: str = "fused", stages: int | None = None,
+             protocol: str | None = None) -> dict:
+    """Run ``denoise_steps`` denoising steps for ``n`` images (one batch: pipelined in the loihi build, an
+    array dimension in the fused one) in Lava, with any sampler (DPM-Solver's ``order``; the analytic ones
+    read the moments of the file's host section).  ``build``: ``fused`` (``stages`` stage processes,
+    default :data:`~.fused.DEFAULT_STAGES`) or ``loihi``; ``protocol``: ``loihi`` or ``async`` (default: async
+    for the fused build, loihi for the loihi build)."""
     if denoise_steps < 1 or n < 1:
         raise ConfigError("--denoise-steps and -n must be >= 1")
+    if build not in BUILDS or protocol not in (None, *PROTOCOLS):
+        raise ConfigError(f"build must be one of {', '.join(BUILDS)} and protocol one of {', '.join(PROTOCOLS)}, "
+                          f"got {build!r} and {protocol!r}")
+    if stages is not None and build != "fused":
+        raise ConfigError("--stages is an option of the fused build (--build fused)")
     graph = read_nir(nir_path)
     if graph.host is None:
         raise LavaBuildError(f"{nir_path}: the file has no host section: not a denoiser")
@@ -97,10 +112,14 @@ def simulate(nir_path: str | os.PathLike, out_dir: str | os.PathLike, denoise_st
     trace = Lockstep([nd.name for nd in graph.of_type(IFNeurons)])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with LavaDenoiser(graph, batch=n, mode=mode, record_spikes=True, threshold_scale=threshold_scale) as sim:
+    if build == "fused":
+        plan_stages(graph, DEFAULT_STAGES if stages is None else stages)  # a bad --stages before any process
+    with LavaDenoiser(graph, batch=n, mode=mode, record_spikes=True, threshold_scale=threshold_scale, build=build,
+                      stages=stages, protocol=protocol) as sim:
         x, x_ref = run_lockstep(sim, ref, chain, pairs, x, gen, trace, progress)
         run = RunInfo(sim.compile_seconds, sim.num_processes, sim.net.run_length,
-                      list(sim.plan.warnings) if sim.plan is not None else [])
+                      list(sim.plan.warnings) if sim.plan is not None else [], build, sim.protocol,
+                      sim.num_processes if build == "fused" else None)
     x, x_ref = x.clamp(-1, 1), x_ref.clamp(-1, 1)
     save_grid(x, out_dir / "samples.png", scale=4)
     save_grid(x_ref, out_dir / "reference.png", scale=4)
@@ -122,7 +141,7 @@ def run_lockstep(sim: LavaDenoiser, ref: GraphDenoiser, chain: Sampler, pairs: l
     chain_ref = copy.deepcopy(chain)  # multistep samplers keep a history: one instance per trajectory
     chain.reset()
     chain_ref.reset()
-    bar = tqdm(pairs, desc=f"lava {sim.mode}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(pairs, desc=f"lava {sim.build} {sim.mode}", disable=not progress, dynamic_ncols=True)
     for i, (t, s) in enumerate(bar):
         tt = torch.full((n,), t, dtype=torch.long)
         trace.inputs.append(x.numpy().copy())
@@ -154,6 +173,7 @@ def make_report(graph: SNNGraph, trace: Lockstep, run: RunInfo, x: torch.Tensor,
     total_steps = {k: int(np.prod(graph.nodes[k].shape)) * graph.host.T * images for k in trace.neurons}
     return {
         "nir": nir, "mode": mode, "sampler": sampler, "denoise_steps": denoise_steps, "images": images,
+        "build": run.build, "protocol": run.protocol, "stages": run.stages,
         "timesteps": timesteps, "lava_processes": run.processes, "lava_steps_per_call": run.run_length,
         "compile_and_first_call_seconds": run.compile_seconds,
         "seconds_per_call": calls, "seconds_per_call_after_first": float(np.median(calls[1:]))

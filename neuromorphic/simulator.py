@@ -1,11 +1,18 @@
 """Running denoiser calls of a spiking graph in Lava's CPU simulator.
 
 :class:`LavaDenoiser` compiles the process graph once (on the first call), then serves
-calls ``eps = f(x_t, t)`` for a fixed batch size: the host computes the time-embedding
-currents and sets them as neuron biases, writes ``x_t`` into the input buffer, runs
+calls ``eps = f(x_t, t)`` for a fixed batch size: the host computes the graded time-embedding
+vector, writes it and ``x_t`` into the input files (memory maps the input processes read), runs
 ``run_length`` Lava steps, reads the recorded output window and applies the host-side
-tail.  It always shuts Lava down: on ``close()``, on leaving a ``with`` block, on errors,
-on Ctrl-C, on SIGTERM and at interpreter exit; every exchange with the runtime is bounded
+tail.
+
+Two builds of the same graph (``build``): ``loihi``, one process per layer with aligned latencies
+(:mod:`.builder`), and ``fused``, a few stage processes with zero internal latency
+(:mod:`.fused`).  Two protocols (``protocol``): Lava's ``LoihiProtocol`` (a barrier every step) or
+every process asynchronous (:mod:`.lava_models.asynchronous`); the same spikes either way.
+
+It always shuts Lava down: on ``close()``, on leaving a ``with`` block, on errors, on Ctrl-C,
+on SIGTERM and at interpreter exit; every exchange with the runtime is bounded
 (:func:`exchange_timeout`), and a run killed outright is cleaned up by its children and the
 next run (docs/lava-mapping.md, "Faults and clean-up").
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -27,7 +35,9 @@ from sdm.errors import ConfigError
 from sdm.export.execute import GraphDenoiser
 from sdm.export.ir import AnalogInput, SNNGraph
 
-from .builder import LavaGraph, build, check_host, whc
+from .builder import LavaBuildError, LavaGraph, check_host, whc
+from .builder import build as build_network
+from .fused import DEFAULT_STAGES, FusedGraph, build_fused
 from .lava_runtime import (
     LavaTimeoutError,
     ensure_lava_runtime,
@@ -39,11 +49,22 @@ from .lava_runtime import (
 from .rundir import RunDir, sweep_stale
 
 MODES = ("floating_pt", "fixed_pt")
+BUILDS = ("loihi", "fused")
+PROTOCOLS = ("loihi", "async")
+# Without a protocol given: the loihi build keeps Lava's Loihi protocol (the graph a chip would run,
+# step by step); the fused stages are a CPU device, and asynchronous they overlap on the cores and
+# skip two management messages per stage and step (the same spikes: tests/test_lava_fused.py).
+DEFAULT_PROTOCOL = {"loihi": "loihi", "fused": "async"}
 TIMEOUT_ENV = "SDM_LAVA_TIMEOUT"  # seconds for every exchange with the runtime (0: unbounded)
 TIMEOUT_BASE_S = 60.0  # every exchange
 TIMEOUT_PER_PROCESS_STEP_S = 0.01  # a run: ~30x the 0.34 ms per process and step measured on 2 cores
-TIMEOUT_PER_VALUE_S = 1e-3  # a Var set: one message per value
+TIMEOUT_PER_STAGE_STEP_S = 0.5  # a fused stage step computes many layers: ~30x the slowest measured
 TIMEOUT_COMPILE_S = 600.0  # the first run also compiles and starts every process
+TIMEOUT_STOP_S = 30.0  # an orderly stop (one message to and from every process), then by force
+# Slots of every Lava channel.  Under LoihiProtocol at most one message is in flight; asynchronous
+# processes may run ahead by this many steps.  Lava's default of 64 would give the large packed
+# messages of the fused stages (up to MBs with a batch) ~100 MB of shared memory per channel.
+FUSED_CHANNEL_SLOTS = 4
 _OPEN: "weakref.WeakSet[LavaDenoiser]" = weakref.WeakSet()
 
 
@@ -72,7 +93,7 @@ def runtime_internals(runtime) -> RuntimeInternals:
     """The one place that reads Lava's private runtime attributes (lava-nc 0.10).
 
     Lava has no public API to list a runtime's OS processes or to stop its managers without its
-    message protocol, and that protocol waits forever once a run or a Var set was interrupted
+    message protocol, and that protocol waits forever once a run was interrupted
     half-way or a process died: ``runtime._messaging_infrastructure`` (its ``actors`` and shared
     memory manager ``smm``) and ``runtime._watchdog_manager`` are read here and nowhere else.
     ``runtime=None`` (never compiled): nothing to stop."""
@@ -117,16 +138,31 @@ def _force_stop(runtime) -> None:
             pass
 
 
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+
+
 class LavaNetwork:
     """A spiking graph compiled to Lava: ``run_graph(x)`` gives the per-step output ``[T, B, C, H, W]``
-    for images ``x [B, C, H, W]`` (and the time embedding ``temb`` when the graph has one)."""
+    for images ``x [B, C, H, W]`` (and the time embedding ``temb`` when the graph has one).
+
+    ``build``: ``loihi`` (one process per layer, latency-aligned) or ``fused`` (``stages`` stage
+    processes, T Lava steps per call); ``protocol``: ``loihi`` or ``async`` (every process), by default
+    :data:`DEFAULT_PROTOCOL` of the build."""
 
     _in_lava = False  # True while a message exchange with the Lava runtime is under way
 
     def __init__(self, graph: SNNGraph, T: int, batch: int = 1, mode: str = "floating_pt",
-                 record_spikes: bool = True, threshold_scale: float = 1.0, plan=None):
+                 record_spikes: bool = True, threshold_scale: float = 1.0, plan=None, build: str = "loihi",
+                 stages: int | None = None, protocol: str | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        _check_choice("build", build, BUILDS)
+        protocol = DEFAULT_PROTOCOL[build] if protocol is None else protocol
+        _check_choice("protocol", protocol, PROTOCOLS)
+        if stages is not None and build != "fused":
+            raise ConfigError("--stages is an option of the fused build (--build fused)")
         ensure_lava_runtime()
         if mode == "fixed_pt" and plan is None:
             from .fixed_point import FixedPointPlan
@@ -135,13 +171,19 @@ class LavaNetwork:
         self.plan = plan if mode == "fixed_pt" else None
         self.graph = graph
         self.mode = mode
+        self.build = build
+        self.protocol = protocol
         self.batch = batch
         self.T = T
         sweep_stale()  # what killed runs left behind
         self._run_dir = RunDir()
+        options = dict(batch=batch, record_spikes=record_spikes, threshold_scale=threshold_scale, plan=self.plan)
         try:
-            self.net: LavaGraph = build(graph, self.T, self._run_dir.path, batch=batch, record_spikes=record_spikes,
-                                        threshold_scale=threshold_scale, plan=self.plan)
+            if build == "fused":
+                self.net: LavaGraph | FusedGraph = build_fused(graph, self.T, self._run_dir.path, **options,
+                                                               stages=DEFAULT_STAGES if stages is None else stages)
+            else:
+                self.net = build_network(graph, self.T, self._run_dir.path, **options)
         except BaseException:
             self._run_dir.cleanup()
             raise
@@ -150,20 +192,27 @@ class LavaNetwork:
         self.closed = False
         self.compile_seconds = None
         self.last_counts: dict[str, np.ndarray] = {}
-        self.timing = {"set_inputs": 0.0, "run": 0.0, "read_records": 0.0}
+        self.timing = {"set_inputs": 0.0, "run": 0.0, "read_records": 0.0}  # seconds, summed over calls
         self.last_spikes: dict[str, np.ndarray] = {}
         _OPEN.add(self)
         hold_sigterm()  # SIGTERM now shuts Lava down as Ctrl-C does
 
     # ----- lifecycle --------------------------------------------------------------------------
     def _run_cfg(self):
+        """Every process with its model, instance by instance (``lava_models.catalog``): no model search,
+        and under ``protocol="async"`` every process converted, never a mix."""
         from lava.magma.core.run_configs import Loihi2SimCfg
-        from lava.proc.conv.process import Conv
 
-        from .lava_models.conv_model import FastConvModelFixed, FastConvModelFloat
+        from .lava_models.catalog import model_map
 
-        conv_model = FastConvModelFloat if self.mode == "floating_pt" else FastConvModelFixed
-        return Loihi2SimCfg(select_tag=self.mode, exception_proc_model_map={Conv: conv_model})
+        try:
+            models = model_map(self.net.processes(), self.mode, self.protocol)
+        except KeyError as e:
+            raise LavaBuildError(e.args[0]) from None
+        return Loihi2SimCfg(select_tag=self.mode, exception_proc_model_map=models)
+
+    def _compile_config(self) -> dict | None:
+        return {"pypy_channel_size": FUSED_CHANNEL_SLOTS} if self.build == "fused" else None
 
     @property
     def run_dir(self) -> str:
@@ -171,8 +220,10 @@ class LavaNetwork:
         return self._run_dir.path
 
     def run_timeout(self, first: bool = False) -> float | None:
-        """The bound of one run: ``60 s + 10 ms x processes x steps`` (+ 600 s for the first, which compiles)."""
-        bound = TIMEOUT_BASE_S + TIMEOUT_PER_PROCESS_STEP_S * self.num_processes * self.net.run_length
+        """The bound of one run: ``60 s + 10 ms x processes x steps`` (fused: 500 ms per stage and step, times
+        the batch), + 600 s for the first, which compiles."""
+        per = TIMEOUT_PER_STAGE_STEP_S * self.batch if self.build == "fused" else TIMEOUT_PER_PROCESS_STEP_S
+        bound = TIMEOUT_BASE_S + per * self.num_processes * self.net.run_length
         return exchange_timeout(bound + (TIMEOUT_COMPILE_S if first else 0.0))
 
     def _exchange(self, what: str, seconds: float | None):
@@ -185,7 +236,8 @@ class LavaNetwork:
 
         steps = self.net.run_length
         with self._exchange(f"a Lava run of {steps} steps ({self.num_processes} processes)", self.run_timeout(first)):
-            self.net.source.run(condition=RunSteps(num_steps=steps), run_cfg=self._run_cfg())
+            self.net.source.run(condition=RunSteps(num_steps=steps), run_cfg=self._run_cfg(),
+                                compile_config=self._compile_config())
         self._in_lava = False
 
     def close(self) -> None:
@@ -205,18 +257,22 @@ class LavaNetwork:
         if self.compiled:
             runtime = self.net.source.runtime
             actors = runtime_internals(runtime).actors
-            # A run or Var set interrupted half-way (Ctrl-C, an error) leaves the runtime's message
-            # exchange out of step, and a dead process never answers: Lava's stop() would wait forever.
-            if self._in_lava or not all(_alive(a) for a in actors):
+            # A run interrupted half-way (Ctrl-C, an error) leaves the runtime's message exchange out of
+            # step, and a dead process never answers: Lava's stop() would wait forever.  A Ctrl-C or
+            # SIGTERM on its way out may also have reached Lava's processes (a terminal's Ctrl-C goes to the
+            # whole process group) while the host was between runs: they are dying, so stop by force too.
+            interrupted = isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+            if self._in_lava or interrupted or not all(_alive(a) for a in actors):
                 _force_stop(runtime)
-            else:
-                try:
+                return
+            try:
+                with watchdog(exchange_timeout(TIMEOUT_STOP_S), "stopping Lava"):  # a process may die meanwhile
                     self.net.source.stop()
-                except Exception:  # the runtime may already be down after an error
-                    _force_stop(runtime)
-                except BaseException:  # Ctrl-C or SIGTERM during the stop: finish it by force
-                    _force_stop(runtime)
-                    raise
+            except Exception:  # the runtime may already be down after an error, or the stop timed out
+                _force_stop(runtime)
+            except BaseException:  # Ctrl-C or SIGTERM during the stop: finish it by force
+                _force_stop(runtime)
+                raise
 
     def __enter__(self):
         return self
@@ -231,31 +287,31 @@ class LavaNetwork:
         return self.net.num_processes
 
     def set_inputs(self, x: torch.Tensor, temb: np.ndarray | None = None) -> None:
-        """Image batch ``x [B, C, H, W]``; ``temb``: the graded time-embedding vector ``swish(temb(t))``."""
+        """Image batch ``x [B, C, H, W]``; ``temb``: the graded time-embedding vector ``swish(temb(t))``.
+
+        Both go into the input files that the input processes (loihi) or stages (fused) read in the next
+        run: plain memory writes, no exchange with the runtime (``Var.set`` sent one message per value)."""
         x = x.to(torch.float64)
-        B, T = self.batch, self.T
+        B = self.batch
         if x.dim() != 4 or x.shape[0] != B:
             raise ValueError(f"this simulator was built for batches of {B} images, got shape {list(x.shape)}")
         image_shape = next(n.shape for n in self.graph.of_type(AnalogInput) if n.kind == "image")
         if tuple(x.shape[1:]) != tuple(image_shape):
             raise ValueError(f"this simulator takes images of shape {list(image_shape)}, got {list(x.shape[1:])}")
-        image = x.numpy()
-        data = np.repeat(np.stack([whc(img) for img in image], axis=-1), T, axis=-1)  # (W, H, C, B*T)
+        files = self.net.inputs
+        data = np.stack([whc(img) for img in x.numpy()])  # (B, W, H, C)
+        graded = None
+        if "temb" in files:
+            graded = np.asarray(temb, dtype=np.float64).reshape(1, -1)
+            if graded.shape != files["temb"].shape:
+                raise ValueError(f"the time embedding has {graded.shape[1]} values, the network takes "
+                                 f"{files['temb'].shape[1]}")
         if self.plan is not None:
             data = self.plan.quantize_input(data)
-        graded = None
-        if self.net.temb_source is not None:
-            graded = np.asarray(temb, dtype=np.float64).reshape(-1, 1)
-            if graded.shape != self.net.temb_source.data.shape:
-                raise ValueError(f"the time embedding has {graded.shape[0]} values, the network takes "
-                                 f"{self.net.temb_source.data.shape[0]}")
-        values = data.size + (graded.size if graded is not None else 0)
-        seconds = exchange_timeout(TIMEOUT_BASE_S + TIMEOUT_PER_VALUE_S * values)
-        with self._exchange("setting the inputs of a Lava run", seconds):  # a Var set: one message per value
-            self.net.source.data.set(data)
-            if graded is not None:
-                self.net.temb_source.data.set(graded if self.plan is None else self.plan.current(graded))
-        self._in_lava = False
+            graded = None if graded is None else self.plan.current(graded)
+        files["image"][:] = data
+        if graded is not None:
+            files["temb"][:] = graded
 
     def run_graph(self, x: torch.Tensor, temb: np.ndarray | None = None) -> torch.Tensor:
         """Per-step graph output ``[T, B, C, H, W]`` from Lava."""
@@ -286,15 +342,13 @@ class LavaNetwork:
         return out.view(self.batch, self.T, *out.shape[1:]).transpose(0, 1)
 
     def _run_first(self, x, temb):
-        # Lava compiles on the first run; Vars can only be set once the runtime exists,
-        # so the first call runs once to build, then again with the real inputs.
+        # Lava compiles on the first run; the inputs are files, so they are in place before it.
+        self.set_inputs(x, temb)
         try:
             run_dir = self._run_dir
             with recording_segments(run_dir.segments_path, run_dir.folders_path):  # the runtime's segments
                 self._run(first=True)
             self.compiled = True
-            self.set_inputs(x, temb)
-            self._run()
         except BaseException:
             self.compiled = True
             self.close()
@@ -316,14 +370,15 @@ class LavaDenoiser(LavaNetwork):
     """``eps = f(x_t, t)`` with the spiking graph in Lava and the host-side parts in PyTorch."""
 
     def __init__(self, graph: SNNGraph, batch: int = 1, mode: str = "floating_pt", record_spikes: bool = True,
-                 threshold_scale: float = 1.0):
+                 threshold_scale: float = 1.0, build: str = "loihi", stages: int | None = None,
+                 protocol: str | None = None):
         if graph.host is None:
             raise ValueError("the graph has no host-side parameters: not a denoiser")
         check_host(graph)
         self.host = GraphDenoiser(graph, dtype=torch.float64)
         self.host.threshold_scale = threshold_scale
         super().__init__(graph, graph.host.T, batch=batch, mode=mode, record_spikes=record_spikes,
-                         threshold_scale=threshold_scale)
+                         threshold_scale=threshold_scale, build=build, stages=stages, protocol=protocol)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         try:

@@ -8,6 +8,8 @@
   the folder and the segments it logged.
 * SIGTERM of the parent shuts Lava down as Ctrl-C does: exit code 143, no process, segment or
   folder left.
+* kill -9 of the parent and SIGTERM: for both Lava builds (loihi: one process per layer; fused: a
+  few stage processes).
 * A hung exchange with the runtime ends at its bound (``SDM_LAVA_TIMEOUT``) with an SDMError, Lava
   stopped; a graph whose image input disagrees with its host section, or more denoising steps than
   the schedule has, are refused before any Lava process starts.
@@ -86,20 +88,28 @@ def _manager_folders(folder: Path) -> list[Path]:
 
 
 class Simulation:
-    """``python -m sdm.cli simulate`` in a session of its own, started and waited on until Lava runs."""
+    """``python -m sdm.cli simulate`` in a session of its own, started and waited on until Lava runs.
 
-    def __init__(self, nir: Path, tmp_path: Path, steps: int = 50):
+    ``build="loihi"``: one Lava process per layer (53); ``"fused"``: 6 stage processes, whose calls take
+    milliseconds, hence many more denoising steps to be still running when the test strikes."""
+
+    def __init__(self, nir: Path, tmp_path: Path, steps: int = 50, build: str = "loihi"):
         self.tmp = tmp_path / "tmp"
         self.out, self.err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         self.shm_before = shm_segments()
+        self.build = build
+        steps = steps if build == "loihi" else 1000
         with open(self.out, "w") as fo, open(self.err, "w") as fe:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sdm.cli", "simulate", str(nir), "--denoise-steps", str(steps),
-                 "--out", str(tmp_path / "run")], stdout=fo, stderr=fe, start_new_session=True, env=_env(self.tmp))
+                 "--build", build, "--out", str(tmp_path / "run")], stdout=fo, stderr=fe, start_new_session=True,
+                env=_env(self.tmp))
         self.pgid = self.proc.pid
 
-    def wait_running(self, processes: int = 50) -> dict[int, dict]:
+    def wait_running(self, processes: int | None = None) -> dict[int, dict]:
         """Wait for Lava's processes and the first denoiser call; returns the process group then."""
+        processes = processes if processes is not None else (50 if self.build == "loihi" else 8)
+
         def running():
             assert self.proc.poll() is None, f"exited early ({self.proc.returncode}):\n{self.err.read_text()[-3000:]}"
             return len(process_group(self.pgid)) >= processes and "1/" in self.err.read_text()
@@ -131,8 +141,8 @@ class Simulation:
 def simulation(tiny_nir, tmp_path):
     sims = []
 
-    def start(steps: int = 50) -> Simulation:
-        sims.append(Simulation(tiny_nir, tmp_path, steps))
+    def start(steps: int = 50, build: str = "loihi") -> Simulation:
+        sims.append(Simulation(tiny_nir, tmp_path, steps, build))
         return sims[-1]
 
     yield start
@@ -146,12 +156,13 @@ def simulation(tiny_nir, tmp_path):
 
 
 # ----- killed and terminated runs -------------------------------------------------------------
-def test_kill9_of_the_parent_leaves_no_process_and_no_segment(simulation):
-    sim = simulation()
+@pytest.mark.parametrize("build", ["loihi", "fused"])
+def test_kill9_of_the_parent_leaves_no_process_and_no_segment(simulation, build):
+    sim = simulation(build=build)
     running = sim.wait_running()
     folder = sim.folder()
     logged = _segments_of(folder)
-    assert len(logged) > 50 and set(logged) <= shm_segments()  # Lava's channels live in these
+    assert len(logged) > (50 if build == "loihi" else 10) and set(logged) <= shm_segments()  # Lava's channels
     assert _manager_folders(folder) == sim.pymp() and sim.pymp()
     os.kill(sim.proc.pid, signal.SIGKILL)
     assert sim.proc.wait(timeout=30) == -signal.SIGKILL
@@ -198,8 +209,9 @@ def test_kill9_of_the_group_is_cleaned_up_by_the_next_run(simulation, monkeypatc
     assert not Path(net.run_dir).exists()
 
 
-def test_sigterm_shuts_lava_down(simulation):
-    sim = simulation()
+@pytest.mark.parametrize("build", ["loihi", "fused"])
+def test_sigterm_shuts_lava_down(simulation, build):
+    sim = simulation(build=build)
     running = sim.wait_running()
     folder = sim.folder()
     logged = _segments_of(folder)

@@ -51,23 +51,33 @@ def set_read_window(conv: Conv, window: ReadWindow | None) -> None:
 
 
 def correlation_weight(lava_weight: np.ndarray) -> np.ndarray:
-    """Lava's (C_out, kW, kH, C_in) convolution kernel as a (C_out, C_in*kH*kW) correlation matrix."""
+    """Lava's (C_out, kW, kH, C_in) convolution kernel as a (kW*kH*C_in, C_out) correlation matrix, its rows
+    in (kw, kh, c) order: the order of the patches :func:`conv_whc` gathers."""
     w = lava_weight[:, ::-1, ::-1, :]  # true convolution -> correlation
-    return np.ascontiguousarray(w.transpose(0, 3, 2, 1).reshape(w.shape[0], -1))
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
 
 
 def conv_whc(x: np.ndarray, wmat: np.ndarray, kernel, stride, padding) -> np.ndarray:
-    """Correlation of a (W, H, C_in) input with ``wmat`` -> (W_out, H_out, C_out)."""
-    kw, kh = kernel
-    sw, sh = stride
-    pw, ph = padding
-    chw = x.transpose(2, 1, 0)  # (C, H, W)
-    if ph or pw:
-        chw = np.pad(chw, ((0, 0), (ph, ph), (pw, pw)))
-    win = np.lib.stride_tricks.sliding_window_view(chw, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-    c, ho, wo = win.shape[:3]
-    cols = win.transpose(0, 3, 4, 1, 2).reshape(c * kh * kw, ho * wo)
-    return (wmat @ cols).reshape(-1, ho, wo).transpose(2, 1, 0)
+    """Correlation of a (..., W, H, C_in) input with ``wmat`` -> (..., W_out, H_out, C_out).
+
+    Channels-last im2col in Lava's own layout: each output position's patch is gathered as
+    (kw, kh, c) with the channels contiguous, so neither the input nor the output is transposed, and
+    a 1x1 conv multiplies the input as it is.  Leading dimensions (the batch of a fused stage,
+    :mod:`.fused_model`) go through the same single product: a batch costs one BLAS call."""
+    kw, kh = (int(k) for k in kernel)
+    sw, sh = (int(v) for v in stride)
+    pw, ph = (int(v) for v in padding)
+    if kw == kh == sw == sh == 1 and not (pw or ph):
+        return (x.reshape(-1, x.shape[-1]) @ wmat).reshape(*x.shape[:-1], -1)
+    if pw or ph:  # zero padding (np.pad's generic machinery costs more than the copy)
+        w, h = x.shape[-3:-1]
+        padded = np.zeros((*x.shape[:-3], w + 2 * pw, h + 2 * ph, x.shape[-1]), dtype=x.dtype)
+        padded[..., pw:pw + w, ph:ph + h, :] = x
+        x = padded
+    win = np.lib.stride_tricks.sliding_window_view(x, (kw, kh), axis=(-3, -2))[..., ::sw, ::sh, :, :, :]
+    wo, ho, c = win.shape[-5:-2]  # win: (..., W_out, H_out, C, kw, kh)
+    cols = np.moveaxis(win, -3, -1).reshape(-1, kw * kh * c)
+    return (cols @ wmat).reshape(*x.shape[:-3], wo, ho, -1)
 
 
 class _FastConvBase(PyLoihiProcessModel):
@@ -102,10 +112,17 @@ class _FastConvBase(PyLoihiProcessModel):
             # event-driven shortcut: nobody reads this result, so skip the product (zeros instead)
             self._buf = self._zeros
             return
+        self._buf = self.synapse(s_in)
+
+    def synapse(self, s_in: np.ndarray) -> np.ndarray:
+        """The synapse output of one step's input ``s_in`` (``(..., W, H, C_in)``), without the step of
+        latency: what :meth:`run_spk` sends one step later, and what a fused stage uses at once."""
+        if not hasattr(self, "_wmat"):
+            self._setup()
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)
         y = conv_whc(s_in.astype(self._dtype), self._wmat, self.kernel_size, self.stride, self.padding)
-        self._buf = self.finish(y)
+        return self.finish(y)
 
     def finish(self, y):
         """The synapse output from the weight sum (float: the sum itself)."""

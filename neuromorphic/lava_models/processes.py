@@ -13,6 +13,12 @@ AnalogJunction         dendritic accumulation of several synaptic inputs plus a 
 TemporalGain           per-time-step synaptic scaling (TSM gain) of graded spikes
 UpsampleNearest        fan-out connectivity of nearest-neighbour upsampling
 DelayLine              synaptic delay of graded values (Loihi 2: per-synapse delays)
+MemmapSource           host input (image, time embedding) read from a memory-mapped file
+ChannelDense           a Dense synapse whose weights a channel's neurons share (time embedding)
+
+The synapse models (``FastConvModel*``, ``ChannelDense``) also expose their arithmetic without the
+step of latency (``synapse``), and every model here takes a leading batch dimension, so that a
+fused stage (:mod:`.fused_model`) runs these same models layer after layer.
 """
 
 from __future__ import annotations
@@ -302,7 +308,8 @@ class UpsampleNearest(_Relay):
 class _PyUpsampleNearest(PyLoihiProcessModel):
     def run_spk(self):
         s = self.proc_params["scale"]
-        self.a_out.send(self.a_in.recv().repeat(s, axis=0).repeat(s, axis=1))
+        # W and H counted from the end: a fused stage's leading batch dimension passes through
+        self.a_out.send(self.a_in.recv().repeat(s, axis=-3).repeat(s, axis=-2))
 
 
 @implements(proc=UpsampleNearest, protocol=LoihiProtocol)
@@ -357,6 +364,48 @@ class PyDelayLineFixed(_PyDelayLine):
     _dtype = np.int32
 
 
+# ----- inputs through memory-mapped files --------------------------------------------------------
+class MemmapSource(AbstractProcess):
+    """A graded input read from a ``.npy`` file the host writes before every run (no ``Var.set``).
+
+    The file holds ``(images, *shape)``; in step ``k`` (from 1) of a run the process sends image
+    ``((k - 1) mod (images * repeat)) // repeat``: each image is repeated for ``repeat`` steps (the
+    T spiking steps of direct encoding), then the next one of the batch, as the window of a
+    pipelined batch expects.  ``repeat = images = 1``: the same vector every step (the time embedding).
+
+    ``Var.set`` moves one message per value through the runtime service (0.1-0.6 s per call for
+    an image and the time embedding) and is refused under the asynchronous protocol; the file is
+    shared memory, read in the step that needs it."""
+
+    def __init__(self, *, shape, path: str, images: int = 1, repeat: int = 1, **kwargs):
+        super().__init__(shape=shape, path=path, images=images, repeat=repeat, **kwargs)
+        self.s_out = OutPort(shape=shape)
+
+
+class _PyMemmapSource(PyLoihiProcessModel):
+    def run_spk(self):
+        if not hasattr(self, "_data"):
+            self._data = np.load(self.proc_params["path"], mmap_mode="r")
+        p = self.proc_params
+        self.s_out.send(self._data[((self.time_step - 1) % (p["images"] * p["repeat"])) // p["repeat"]])
+
+
+@implements(proc=MemmapSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyMemmapSourceFloat(_PyMemmapSource):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+
+@implements(proc=MemmapSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyMemmapSourceFixed(_PyMemmapSource):
+    """Integer state units (the host quantised them; as Lava's fixed-point RingBuffer, int32)."""
+
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32)
+
+
 # ----- time-embedding synapse ----------------------------------------------------------------
 class ChannelDense(AbstractProcess):
     """Dense synapse whose output is one value per channel, repeated over all (W, H) positions:
@@ -379,8 +428,12 @@ class _PyChannelDense(PyLoihiProcessModel):
         if not hasattr(self, "_buf"):
             self._buf = np.zeros(self.a_out.shape, dtype=self._dtype)
         self.a_out.send(self._buf)
-        y = self.weight.astype(self._dtype) @ self.s_in.recv().astype(self._dtype)
-        self._buf = np.broadcast_to(self.scale(y), self.a_out.shape).copy()
+        self._buf = self.synapse(self.s_in.recv())
+
+    def synapse(self, s_in: np.ndarray) -> np.ndarray:
+        """The output for input ``s_in`` without the step of latency (what a fused stage uses at once)."""
+        y = self.weight.astype(self._dtype) @ s_in.astype(self._dtype)
+        return np.broadcast_to(self.scale(y), self.a_out.shape).copy()
 
     def scale(self, y):
         return y

@@ -26,9 +26,9 @@ def add_parser(sub):
                         "(docs/lava-mapping.md)")
     p.add_argument("--stages", type=int, default=None, metavar="K",
                    help="fused build: the number of stage processes (default 6)")
-    p.add_argument("--protocol", choices=["loihi", "async"], default="loihi",
+    p.add_argument("--protocol", choices=["loihi", "async"], default=None,
                    help="Lava's Loihi protocol (a barrier every step) or every process asynchronous: the same "
-                        "spikes, fewer messages")
+                        "spikes, fewer messages (default: async for the fused build, loihi for the loihi build)")
     p.add_argument("-n", type=int, default=1,
                    help="images, as one batch (fused: an array dimension; loihi: pipelined through the network)")
     p.add_argument("--threshold-scale", type=float, default=1.0)

@@ -30,6 +30,7 @@ test: setup
 bench: setup
 	$(PY) -m pip install --quiet --no-deps -r requirements-bench.lock
 	OMP_NUM_THREADS=$(THREADS) $(PY) bench/train_throughput.py --threads $(THREADS)
+	OMP_NUM_THREADS=$(THREADS) $(PY) bench/sd_throughput.py --threads $(THREADS)
 	OMP_NUM_THREADS=$(THREADS) $(PY) bench/export_nir.py
 	OMP_NUM_THREADS=$(THREADS) $(PY) bench/lava_step.py --threads $(THREADS)
 

@@ -18,40 +18,16 @@ The reported figure is images/s from the median per-iteration time.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import io
 import json
-import os
 import platform
-import statistics
 import sys
 import time
-import warnings
 
 import torch
-from torch import nn
+from bench_util import import_spikingjelly_build, layer_signature, run_phase, summarize_phase
 from torch.nn import functional as F
 
 TARGET_TRAIN_RATIO = 3.0
-
-
-def _import_spikingjelly_build():
-    """Import the baseline quietly (spikingjelly prints dataset-toolbox notices on import)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    if importlib.util.find_spec("spikingjelly") is None:
-        sys.exit("bench/train_throughput.py: spikingjelly is not installed; `make bench` installs it "
-                 "(pip install --no-deps -r requirements-bench.lock)")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        import sj_unet  # noqa: E402
-        from spikingjelly.activation_based import functional, layer  # noqa: E402,F401  (set_step_mode imports layer)
-    try:
-        from importlib.metadata import version
-        sj_version = version("spikingjelly")
-    except Exception:  # pragma: no cover
-        sj_version = "unknown"
-    return sj_unet, functional, sj_version
 
 
 def parse_args(argv=None):
@@ -79,20 +55,6 @@ def parse_args(argv=None):
     return args
 
 
-def _layer_signature(model: nn.Module, neuron_types: tuple) -> dict:
-    """What the layer structure consists of: learnable-layer shapes and the neuron-layer count."""
-    kinds = ((nn.Conv2d, "conv"), (nn.Conv3d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm2d, "bn"))
-    shapes = []
-    for m in model.modules():
-        for cls, kind in kinds:
-            if isinstance(m, cls):
-                w = tuple(m.weight.shape)
-                if isinstance(m, nn.Conv3d):  # (3, 3, 1) kernel == per-step 3x3 conv
-                    w = w[:-1]
-                shapes.append((kind, w))
-    return {"layers": sorted(shapes), "neurons": sum(isinstance(m, neuron_types) for m in model.modules())}
-
-
 def build_models(args, sj_unet):
     from spikingjelly.activation_based import neuron as sj_neuron
 
@@ -109,8 +71,8 @@ def build_models(args, sj_unet):
                                diffusion_steps=cfg.diffusion_steps)
     n_ours, n_sj = count_parameters(ours), count_parameters(sj)
     assert n_ours == n_sj, f"parameter counts differ: ours {n_ours}, spikingjelly {n_sj}"
-    sig_ours = _layer_signature(ours, (IFNeuron,))
-    sig_sj = _layer_signature(sj, (sj_neuron.IFNode,))
+    sig_ours = layer_signature(ours, (IFNeuron,))
+    sig_sj = layer_signature(sj, (sj_neuron.IFNode,))
     assert sig_ours == sig_sj, "layer structures differ"
     sj_unet.load_from_ours(sj, ours)  # identical starting weights
     return cfg, ours, sj, n_ours, sig_ours["neurons"]
@@ -160,31 +122,6 @@ class Runner:
         self.after_call(self.model)
 
 
-def timed(fn, *a) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn(*a)
-    return time.perf_counter() - w0, time.process_time() - c0
-
-
-def run_phase(runners, phase, batch, warmup, iters):
-    """Interleave the runners (A, B, A, B, ...); returns per-iteration (wall, CPU) seconds per runner."""
-    for r in runners:
-        r.model.train(phase == "train")
-    step = "train_step" if phase == "train" else "eval_step"
-    for _ in range(warmup):
-        for r in runners:
-            getattr(r, step)(*batch)
-    wall = {r.name: [] for r in runners}
-    cpu = {r.name: [] for r in runners}
-    for _ in range(iters):
-        for r in runners:
-            w, c = timed(getattr(r, step), *batch)
-            wall[r.name].append(w)
-            cpu[r.name].append(c)
-    return wall, cpu
-
-
 def profile_training(runner, batch, steps, row_limit=15):
     from torch.profiler import ProfilerActivity, profile
 
@@ -207,7 +144,7 @@ def profile_training(runner, batch, steps, row_limit=15):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    sj_unet, sj_functional, sj_version = _import_spikingjelly_build()
+    sj_unet, sj_functional, sj_version = import_spikingjelly_build("sj_unet", "bench/train_throughput.py")
 
     cfg, ours, sj, n_params, n_neurons = build_models(args, sj_unet)
     batch = make_batch(args)
@@ -224,13 +161,7 @@ def main(argv=None) -> int:
     results = {}
     for phase in ("train", "eval"):
         wall, cpu = run_phase(runners, phase, batch, args.warmup, args.iters)
-        med = {k: statistics.median(v) for k, v in wall.items()}
-        med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-        ips = {k: args.batch_size / m for k, m in med.items()}
-        results[phase] = {"seconds_per_iter": wall, "median_s": med, "images_per_s": ips,
-                          "ratio_ours_over_sj": ips["ours"] / ips["spikingjelly"],
-                          "cpu_seconds_per_iter": cpu, "median_cpu_s": med_cpu,
-                          "cpu_ratio_ours_over_sj": med_cpu["spikingjelly"] / med_cpu["ours"]}
+        results[phase] = summarize_phase(wall, cpu, args.batch_size)
     bench_wall = time.perf_counter() - wall0
 
     labels = {"train": "training step", "eval": "forward (eval, no_grad)"}

@@ -7,7 +7,8 @@
 3. a grid of the second family, Spiking-Diffusion (``models/sd-absorbing/model.pt``: VQ-SVAE +
    absorbing diffusion with SDID), beside the UNet's in one picture;
 4. NIR export, read back and checked layer by layer;
-5. a few denoising steps in Lava (floating_pt), compared spike for spike with PyTorch;
+5. a whole short DDIM trajectory in Lava's fused build and two calls of the per-layer (loihi) build,
+   floating_pt, every call compared spike for spike with PyTorch;
 6. the per-layer energy report and plot.
 """
 
@@ -42,7 +43,10 @@ def add_parser(sub):
                    help="train a fresh small model for this many steps instead of using --model")
     p.add_argument("-n", type=int, default=36, help="samples in the grid")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the grid")
-    p.add_argument("--lava-steps", type=int, default=2, help="denoising steps simulated in Lava (0: skip)")
+    p.add_argument("--lava-steps", type=int, default=10,
+                   help="DDIM steps of the trajectory simulated in Lava's fused build (0: skip Lava)")
+    p.add_argument("--loihi-calls", type=int, default=2,
+                   help="denoiser calls also run in the per-layer loihi build (0: skip it)")
     p.add_argument("--sd-model", default=str(SD_CHECKPOINT),
                    help="Spiking-Diffusion (absorbing) checkpoint for the second grid ('' to skip it)")
     p.add_argument("--temperature", type=float, default=SD_TEMPERATURE,
@@ -76,7 +80,8 @@ def _check(a) -> Path:
     from sdm.paths import check_directory, check_output, check_run_dir
 
     for flag, value, low in (("-n", a.n, 1), ("--sample-steps", a.sample_steps, 1),
-                             ("--lava-steps", a.lava_steps, 0), ("--train-steps", a.train_steps, 0)):
+                             ("--lava-steps", a.lava_steps, 0), ("--loihi-calls", a.loihi_calls, 0),
+                             ("--train-steps", a.train_steps, 0)):
         options.check_int(value, flag, low)
     trains = bool(a.train_steps) or not Path(a.model).exists()
     if not a.model:
@@ -94,6 +99,8 @@ def _check(a) -> Path:
         from .simulate import check_outputs
 
         check_outputs(out / "lava", out / "demo.nir", a.force)
+        if a.loihi_calls > 0:
+            check_outputs(out / "lava-loihi", out / "demo.nir", a.force)
     if trains:
         check_run_dir(out / "train", "--out", force=a.force)
     return out
@@ -179,20 +186,31 @@ def _export(a, model, model_path: Path, out: Path) -> None:
 
 
 def _lava(a, out: Path) -> None:
-    """Step 4: ``--lava-steps`` denoising steps in Lava, each checked against PyTorch."""
+    """Step 5: a ``--lava-steps`` DDIM trajectory in the fused build (the image it ends in), then
+    ``--loihi-calls`` calls of the per-layer graph; every call checked against PyTorch."""
     if a.lava_steps <= 0:
         print("[5/6] Lava simulation skipped (--lava-steps 0)")
         return
-    print(f"[5/6] {a.lava_steps} denoising steps in Lava (floating_pt, CPU), each checked against PyTorch")
     from sdm.neuromorphic.run import simulate
 
-    rep = simulate(out / "demo.nir", out / "lava", denoise_steps=a.lava_steps, n=1, seed=a.seed)
+    print(f"[5/6] a {a.lava_steps}-step DDIM trajectory in Lava (fused build, floating_pt, CPU), every call "
+          "checked against PyTorch")
+    rep = simulate(out / "demo.nir", out / "lava", denoise_steps=a.lava_steps, n=1, seed=a.seed, build="fused")
+    _lava_lines(rep, out / "lava")
+    if a.loihi_calls > 0:
+        print(f"      and {a.loihi_calls} calls of the per-layer graph (loihi build: one process per layer)")
+        _lava_lines(simulate(out / "demo.nir", out / "lava-loihi", denoise_steps=a.loihi_calls, n=1, seed=a.seed,
+                             build="loihi"), out / "lava-loihi")
+
+
+def _lava_lines(rep: dict, where: Path) -> None:
     per_call = rep["seconds_per_call_after_first"]
     print(f"      {rep['lava_processes']} Lava processes, {rep['lava_steps_per_call']} Lava steps per call, "
           f"compile + first call {rep['compile_and_first_call_seconds']:.1f} s"
-          + (f", then {per_call:.1f} s per call" if per_call else ""))
+          + (f", then {per_call:.2f} s per call" if per_call else ""))
     print(f"      agreement with PyTorch: {rep['total_spike_mismatches']} spike mismatches, max eps error "
-          f"{max(rep['eps_max_abs_err_per_call']):.1e}, final image max error {rep['final_image_max_abs_err']:.1e}")
+          f"{max(rep['eps_max_abs_err_per_call']):.1e}, final image max error {rep['final_image_max_abs_err']:.1e}; "
+          f"wrote {where}/samples.png")
 
 
 def _energy(a, model_path: Path, out: Path) -> None:

@@ -97,3 +97,41 @@ def wait_until(condition, timeout: float, interval: float = 0.1) -> float | None
         if time.monotonic() - t0 > timeout:
             return None
         time.sleep(interval)
+
+
+def run_ddp_cli(tmp_path, module: str, model_class: str, cli_args: list[str]):
+    """Run ``sdm <cli_args>`` on two gloo CPU ranks under torchrun; the launcher replaces
+    ``module.model_class`` by a subclass that records the model the trainer builds, so that each
+    rank writes its final parameters to ``OUT/params_rank{r}.pt`` for comparison.  Returns the
+    completed process."""
+    import os
+    import subprocess
+    import sys
+
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(f"""
+import os, sys
+import torch
+import {module} as trainer
+from sdm.cli import main
+
+built = []
+
+class Recorded(trainer.{model_class}):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        built.append(self)
+
+trainer.{model_class} = Recorded
+rc = main(sys.argv[1:])
+if rc == 0:
+    out = sys.argv[sys.argv.index("--out") + 1]
+    params = {{k: v.detach().clone() for k, v in built[-1].named_parameters()}}
+    torch.save(params, os.path.join(out, "params_rank%s.pt" % os.environ["RANK"]))
+sys.exit(rc)
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    env.pop("SDM_DEBUG", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+           *cli_args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_same
+from helpers import assert_same, run_ddp_cli
 
 from sdm.errors import ConfigError
 from sdm.testing.oracles import lif_step, multistep_lif_reference
@@ -454,46 +454,13 @@ def test_a_short_run_lowers_both_losses(tmp_path):
 
 
 # ----- DDP ------------------------------------------------------------------------------
-# The real CLI on every rank, plus a hook that records the SDID train_absorbing builds, so that each
-# rank can write its final parameters for comparison.
-SD_DDP_LAUNCHER = """
-import os, sys
-import torch
-import sdm.train.sd_trainer as sd_trainer
-from sdm.cli import main
-
-built = []
-
-class Recorded(sd_trainer.SDID):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        built.append(self)
-
-sd_trainer.SDID = Recorded
-rc = main(sys.argv[1:])
-if rc == 0:
-    out = sys.argv[sys.argv.index("--out") + 1]
-    params = {k: v.detach().clone() for k, v in built[-1].named_parameters()}
-    torch.save(params, os.path.join(out, "params_rank%s.pt" % os.environ["RANK"]))
-sys.exit(rc)
-"""
-
-
+# The real CLI on two ranks (helpers.run_ddp_cli), each rank writing the parameters it ends with.
 def test_absorbing_ddp_two_cpu_processes(runs, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(SD_DDP_LAUNCHER)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    env.pop("SDM_DEBUG", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
-           "train", "--model", "absorbing", "--vqvae", str(runs["root"] / "vq" / "model.pt"), "--out", str(out),
-           "--steps", "3", "--batch-size", "8", "--channels", "8,8", "--holdout", "4900", "--seed", "5",
-           "--ema-decay", "0.5", "--device", "cpu"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    r = run_ddp_cli(tmp_path, "sdm.train.sd_trainer", "SDID", [
+        "train", "--model", "absorbing", "--vqvae", str(runs["root"] / "vq" / "model.pt"), "--out", str(out),
+        "--steps", "3", "--batch-size", "8", "--channels", "8,8", "--holdout", "4900", "--seed", "5",
+        "--ema-decay", "0.5", "--device", "cpu"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt["step"] == 3 and ckpt["train_config"]["batch_size"] == 8 and ckpt["ema"] is not None

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from helpers import assert_same
+from helpers import assert_same, run_ddp_cli
 
 from sdm.train.checkpoint import CheckpointError, load_checkpoint
 from sdm.train.trainer import TrainConfig, train
@@ -143,41 +139,14 @@ def test_bad_configuration_is_a_config_error(tmp_path, tiny_model_cfg):
 
 
 # ----- DDP ------------------------------------------------------------------------------
-# The launcher runs the real CLI on every rank; the only addition is a hook that records the
-# model train() builds, so that each rank can write its final parameters for comparison.
-DDP_LAUNCHER = textwrap.dedent("""
-    import os, sys
-    import torch
-    import sdm.train.trainer as trainer
-    from sdm.cli import main
-
-    built = []
-
-    class Recorded(trainer.SpikingUNet):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            built.append(self)
-
-    trainer.SpikingUNet = Recorded
-    rc = main(sys.argv[1:])
-    if rc == 0:
-        out = sys.argv[sys.argv.index("--out") + 1]
-        params = {k: v.detach().clone() for k, v in built[-1].named_parameters()}
-        torch.save(params, os.path.join(out, "params_rank%s.pt" % os.environ["RANK"]))
-    sys.exit(rc)
-""")
+# The real CLI on every rank (helpers.run_ddp_cli), each rank writing the parameters it ends with.
 
 
 def test_ddp_two_cpu_processes(tmp_path, tiny_model_flags):
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(DDP_LAUNCHER)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    env.pop("SDM_DEBUG", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+    r = run_ddp_cli(tmp_path, "sdm.train.trainer", "SpikingUNet", [
            "train", "--data", "mnist-bundled", "--out", str(out), "--steps", "4", "--batch-size", "8",
-           "--seed", "5", "--device", "cpu", *tiny_model_flags]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+           "--seed", "5", "--device", "cpu", *tiny_model_flags])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     ckpt = load_checkpoint(out / "model.pt")

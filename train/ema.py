@@ -14,7 +14,8 @@ whenever it saves (``recalibrate_batchnorm``), as SWA does for its averaged weig
 
 from __future__ import annotations
 
-from typing import Iterable
+import copy
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -67,3 +68,18 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     if n == 0:
         raise ValueError("recalibrate_batchnorm needs at least one batch")
     return n
+
+
+def saved_ema_weights(ema: nn.Module | None, bn_batches: int,
+                      batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]]) -> dict[str, torch.Tensor] | None:
+    """What a checkpoint stores as ``ema``: the averaged weights with BatchNorm statistics recomputed
+    on ``batches()`` for the averaged network (``bn_batches == 0``: the copied ones), or ``None``
+    without an EMA.  The statistics go into a copy, so the running EMA keeps its copied buffers and
+    a resumed run stays exact."""
+    if ema is None:
+        return None
+    if bn_batches == 0:
+        return ema.state_dict()
+    averaged = copy.deepcopy(ema)
+    recalibrate_batchnorm(averaged, batches())
+    return averaged.state_dict()

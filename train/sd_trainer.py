@@ -37,7 +37,7 @@ from .absorbing import AbsorbingConfig, AbsorbingDiffusion
 from .checkpoint import CheckpointError, load_weights, save_checkpoint
 from .config import MAX_SEED, check_field_types, check_rules, strict_from_dict
 from .data import ImageDataset, infinite_loader, load_dataset
-from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
+from .ema import ema_decay_at, ema_update, saved_ema_weights
 from .sd_model import (
     ABSORBING_KIND,
     KIND_KEY,
@@ -205,20 +205,10 @@ def _resume_state(run: _Run, ckpt: dict[str, Any] | None, source: str) -> None:
     run.parts = [list(r) for r in ckpt.get("history_parts", [])]
 
 
-def _ema_weights(run: _Run, step: int) -> dict[str, torch.Tensor] | None:
-    """The EMA weights to save, with BatchNorm statistics of the averaged network (train/ema.py)."""
-    if run.ema is None:
-        return None
-    if run.cfg.ema_bn_batches == 0:
-        return run.ema.state_dict()
-    averaged = copy.deepcopy(run.ema)  # the running EMA keeps its copied buffers: resume stays exact
-    recalibrate_batchnorm(averaged, run.bn_batches(step))
-    return averaged.state_dict()
-
-
 def _snapshot(run: _Run, step: int) -> dict[str, Any]:
     return {KIND_KEY: run.kind, **run.fixed, "train_config": dataclasses.asdict(run.cfg),
-            "model": run.model.state_dict(), "ema": _ema_weights(run, step),
+            "model": run.model.state_dict(),
+            "ema": saved_ema_weights(run.ema, run.cfg.ema_bn_batches, lambda: run.bn_batches(step)),
             "optimizer": run.optimizer.state_dict(), "step": step,
             "history": run.history, "history_parts": run.parts}
 

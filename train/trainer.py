@@ -30,7 +30,7 @@ from .checkpoint import CheckpointError, denoiser_configs, load_checkpoint, load
 from .config import MAX_SEED, check_field_types, check_rules, strict_from_dict
 from .data import ImageDataset, infinite_loader, load_dataset
 from .diffusion import GaussianDiffusion, ScheduleConfig
-from .ema import ema_decay_at, ema_update, recalibrate_batchnorm
+from .ema import ema_decay_at, ema_update, saved_ema_weights
 from .unet import SpikingUNet, UNetConfig
 
 
@@ -346,16 +346,6 @@ def _build_run(start: _Start, stage: str, tsm: bool, dist_info: Dist, dev: torch
 
 
 # ----- the snapshot: what model.pt holds -------------------------------------------------
-def _ema_weights(run: _Run, step: int) -> dict[str, torch.Tensor] | None:
-    if run.ema is None:
-        return None
-    if run.train_cfg.ema_bn_batches == 0:
-        return run.ema.state_dict()
-    averaged = copy.deepcopy(run.ema)  # the running EMA keeps its copied buffers: resume stays exact
-    recalibrate_batchnorm(averaged, _noisy_batches(run.dataset, run.diffusion, run.train_cfg, step, run.dev))
-    return averaged.state_dict()
-
-
 def _snapshot(run: _Run, step: int) -> dict[str, Any]:
     # the RNG state is read after the EMA recalibration, as it always was: resume stays exact
     return {
@@ -364,7 +354,8 @@ def _snapshot(run: _Run, step: int) -> dict[str, Any]:
         "diffusion": dataclasses.asdict(run.schedule),
         "stage": run.stage,
         "model": run.model.state_dict(),
-        "ema": _ema_weights(run, step),
+        "ema": saved_ema_weights(run.ema, run.train_cfg.ema_bn_batches,
+                                 lambda: _noisy_batches(run.dataset, run.diffusion, run.train_cfg, step, run.dev)),
         "optimizer": run.optimizer.state_dict(),
         "step": step,
         "history": run.history,

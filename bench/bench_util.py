@@ -104,3 +104,25 @@ def summarize_phase(wall: dict, cpu: dict, batch_size: int, ours: str = "ours", 
             "ratio_ours_over_sj": ips[ours] / ips[sj],
             "cpu_seconds_per_iter": cpu, "median_cpu_s": med_cpu,
             "cpu_ratio_ours_over_sj": med_cpu[sj] / med_cpu[ours]}
+
+
+def load_renamed(sj, ours, rename, adapt=None) -> None:
+    """Copy every parameter and buffer of ``ours`` into the spikingjelly build ``sj``: ``rename(name)``
+    gives the name there, ``adapt(new_name, value)`` (optional) reshapes a value for its layout.
+    Every name must exist with the same shape, and every entry of ``sj`` must be set."""
+    import torch
+
+    target, mapped = sj.state_dict(), {}
+    with torch.no_grad():
+        for name, value in ours.state_dict().items():
+            n = rename(name)
+            if n not in target:
+                raise KeyError(f"{name} -> {n} not in the spikingjelly model")
+            value = adapt(n, value) if adapt else value
+            if target[n].shape != value.shape:
+                raise ValueError(f"{name} -> {n}: shape {tuple(value.shape)} vs {tuple(target[n].shape)}")
+            mapped[n] = value
+        missing = set(target) - set(mapped)
+        if missing:
+            raise KeyError(f"not set from our model: {sorted(missing)}")
+        sj.load_state_dict(mapped)

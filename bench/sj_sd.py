@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 
 import torch
+from bench_util import load_renamed
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 from torch.nn import functional as F
@@ -205,28 +206,12 @@ def _sdid_name(name: str, n_convs: int) -> str:
     raise KeyError(name)
 
 
-@torch.no_grad()
-def _load(sj: nn.Module, ours: nn.Module, rename) -> None:
-    target, mapped = sj.state_dict(), {}
-    for name, value in ours.state_dict().items():
-        n = rename(name)
-        if n not in target:
-            raise KeyError(f"{name} -> {n} not in the spikingjelly model")
-        if target[n].shape != value.shape:
-            raise ValueError(f"{name} -> {n}: shape {tuple(value.shape)} vs {tuple(target[n].shape)}")
-        mapped[n] = value
-    missing = set(target) - set(mapped)
-    if missing:
-        raise KeyError(f"not set from our model: {sorted(missing)}")
-    sj.load_state_dict(mapped)
-
-
 def vqsvae_from_ours(ours: nn.Module, data_variance: float) -> SJVQSVAE:
     """An :class:`SJVQSVAE` with the architecture and the weights of ``ours`` (a ``VQSVAE``)."""
     c = ours.cfg
     sj = SJVQSVAE(c.img_ch, c.channels, c.latent_dim, c.codebook_size, data_variance, c.commitment, c.T,
                   c.readout_decay, c.psp_tau, c.alpha_init)
-    _load(sj, ours, lambda name: _vqsvae_name(name, len(c.channels)))
+    load_renamed(sj, ours, lambda name: _vqsvae_name(name, len(c.channels)))
     return sj
 
 
@@ -236,5 +221,5 @@ def sdid_from_ours(ours: nn.Module) -> SJSDID:
     if c.inputs != "raw":
         raise ValueError("the reference's DummyModel takes the raw token value and t (inputs='raw')")
     sj = SJSDID(c.codebook_size, c.channels, c.T)
-    _load(sj, ours, lambda name: _sdid_name(name, len(c.channels)))
+    load_renamed(sj, ours, lambda name: _sdid_name(name, len(c.channels)))
     return sj

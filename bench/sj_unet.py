@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+from bench_util import load_renamed
 from spikingjelly.activation_based import functional, neuron, surrogate
 from torch import nn
 from torch.nn import functional as F
@@ -246,22 +247,11 @@ def _ours_to_sj_name(name: str) -> str:
     raise KeyError(name)
 
 
-@torch.no_grad()
+def _output_layout(name: str, value: torch.Tensor) -> torch.Tensor:
+    """The reference's output layer is a Conv3d with kernel (3, 3, 1): [o, i, 3, 3] -> [o, i, 3, 3, 1]."""
+    return value.unsqueeze(-1) if name == "T_output_layer.weight" else value
+
+
 def load_from_ours(sj: SJSpikingUNet, ours: nn.Module) -> None:
     """Copy every parameter and buffer of an ``sdm`` SpikingUNet (no TSM) into ``sj``."""
-    target = sj.state_dict()
-    src = ours.state_dict()
-    mapped = {}
-    for name, value in src.items():
-        n = _ours_to_sj_name(name)
-        if n not in target:
-            raise KeyError(f"{name} -> {n} not in the spikingjelly model")
-        if n == "T_output_layer.weight":
-            value = value.unsqueeze(-1)  # [o, i, 3, 3] -> [o, i, 3, 3, 1]
-        if target[n].shape != value.shape:
-            raise ValueError(f"{name} -> {n}: shape {tuple(value.shape)} vs {tuple(target[n].shape)}")
-        mapped[n] = value
-    missing = set(target) - set(mapped)
-    if missing:
-        raise KeyError(f"not set from our model: {sorted(missing)}")
-    sj.load_state_dict(mapped)
+    load_renamed(sj, ours, _ours_to_sj_name, _output_layout)

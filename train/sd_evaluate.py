@@ -22,12 +22,12 @@ from .sd_model import ABSORBING_KIND, load_absorbing, open_checkpoint, sample_ab
 
 def _temperatures(temperatures: list[float]) -> list[float]:
     if not temperatures:
-        raise EvalError("give at least one temperature")
+        raise EvalError("--temperature: give at least one temperature")
     for t in temperatures:
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
-            raise EvalError(f"temperature must be a positive number, got {t!r}")
+            raise EvalError(f"--temperature must be a positive number, got {t!r}")
     if len(set(temperatures)) < len(temperatures):
-        raise EvalError(f"temperatures {temperatures}: a value is given twice")
+        raise EvalError(f"--temperature {','.join(f'{t:g}' for t in temperatures)}: a value is given twice")
     return [float(t) for t in temperatures]
 
 

@@ -92,10 +92,6 @@ def _eval_absorbing(a, ckpt: dict, device: str) -> None:
                  if given]
     if unet_only:
         raise UserError(f"{unet_only[0]} applies to the spiking UNet, not to a Spiking-Diffusion model")
-    for t in a.temperature or []:
-        options.check_float(t, "--temperature", low=0.0, low_open=True)
-    if a.temperature and len(set(a.temperature)) < len(a.temperature):
-        raise UserError(f"--temperature {','.join(f'{t:g}' for t in a.temperature)}: a value is given twice")
     r = evaluate_absorbing(a.model, n=a.n, temperatures=a.temperature, seed=a.seed, batch_size=a.batch_size,
                            use_ema=not a.no_ema, classifier=a.classifier, inception_weights=a.inception_weights,
                            data=a.data, ref_n=a.ref_n, device=device, ckpt=ckpt)

@@ -99,7 +99,12 @@ class GraphModule(nn.Module):
         return out
 
     def _run_upsample(self, key: str, node: Upsample, inp: torch.Tensor) -> torch.Tensor:
-        return self._per_frame(lambda x: F.interpolate(x, scale_factor=node.scale, mode="nearest"), inp)
+        if node.mode == "nearest":
+            return self._per_frame(lambda x: F.interpolate(x, scale_factor=node.scale, mode="nearest"), inp)
+        s = node.scale
+        out = inp.new_zeros(*inp.shape[:3], inp.shape[3] * s, inp.shape[4] * s)
+        out[..., ::s, ::s] = inp
+        return out
 
     def _run_stream(self, key: str, node: Junction | Output, inp: torch.Tensor) -> torch.Tensor:
         return inp

@@ -128,7 +128,8 @@ class Node(ABC):
 class AnalogInput(Node):
     """Host-provided analog current, identical at every spiking step of a call.
 
-    ``kind == "image"``: the noisy image ``x_t`` (direct encoding).
+    ``kind == "image"``: the call's main input, direct encoding: the noisy image ``x_t`` of a UNet; for
+    Spiking-Diffusion the SDID's token currents, the decoder's code vectors, the encoder's image.
     ``kind == "temb"``: ``temb_proj[block](swish(temb(t)))``, a ``[C]`` vector broadcast over H, W;
     ``block`` names the host-side projection (see :class:`HostParams`).  Inputs take no edges.
     """
@@ -256,16 +257,31 @@ class IFNeurons(Node):
         return _shape(self.threshold.shape)
 
 
+UPSAMPLE_MODES = ("nearest", "zeros")
+
+
 @dataclass(eq=False)
 class Upsample(Node):
-    """Nearest-neighbour upsampling: ``y[c, i, j] = x[c, i // scale, j // scale]``."""
+    """Upsampling by an integer ``scale``, output ``(C, scale*H, scale*W)``::
+
+        mode "nearest":  y[c, i, j] = x[c, i // scale, j // scale]
+        mode "zeros":    y[c, scale*i, scale*j] = x[c, i, j], 0 elsewhere (zero insertion)
+
+    Zero insertion followed by a stride-1 :class:`Conv` with the flipped kernel is a transposed
+    convolution of stride ``scale`` (:func:`sdm.export.lower_sd.transposed_conv`), exactly: the
+    inserted zeros carry no spikes and cost no synaptic operations.
+    """
 
     in_shape: Shape
     scale: int = 2
+    mode: str = "nearest"
 
     def __post_init__(self):
         self.in_shape = _shape(self.in_shape)
         self.scale = _integer(self.name, "scale", self.scale, 1)
+        if self.mode not in UPSAMPLE_MODES:
+            raise GraphError(f"{self.name}: upsample mode must be one of {', '.join(UPSAMPLE_MODES)}, "
+                             f"got {self.mode!r}")
 
     @property
     def input_shape(self) -> Shape:

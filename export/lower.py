@@ -56,7 +56,7 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return s, bn.bias.double() - s * bn.running_mean.double()
 
 
-class _Builder:
+class GraphBuilder:
     """Collects nodes and edges; every node records the model module it was lowered from."""
 
     def __init__(self, model: nn.Module, dtype: np.dtype, threshold_scale: float):
@@ -173,7 +173,7 @@ def lower_unet(model: SpikingUNet, dtype=np.float32, threshold_scale: float = 1.
     if cfg.neuron != "if":
         raise ConfigError(f"only spiking models lower to a spiking graph (NIR export, Lava, energy); this is an ANN "
                           f"(neuron={cfg.neuron}); a quantised ANN does after `sdm convert`")
-    b = _Builder(model, np.dtype(dtype), threshold_scale)
+    b = GraphBuilder(model, np.dtype(dtype), threshold_scale)
     with torch.no_grad():
         _lower_layers(b, model)
         if schedule is None:
@@ -185,7 +185,7 @@ def lower_unet(model: SpikingUNet, dtype=np.float32, threshold_scale: float = 1.
     return SNNGraph(b.nodes, b.edges, host)
 
 
-def _lower_layers(b: _Builder, model: SpikingUNet) -> None:
+def _lower_layers(b: GraphBuilder, model: SpikingUNet) -> None:
     """Stem, down path (keeping the skips), middle and up path (reading them back)."""
     cfg = model.cfg
     x = b.add(AnalogInput("x", (cfg.img_ch, cfg.img_size, cfg.img_size), kind="image"))

@@ -53,8 +53,9 @@ from .ir import (
 )
 
 FORMAT = "sdm-snn"  # metadata tag of files written here
+SD_FORMAT = "sdm-spiking-diffusion"  # the tag of Spiking-Diffusion files (sdm.export.sd_format)
 FORMAT_VERSION = 1
-EXTENSIONS = ("temporal_affine", "upsample_nearest", "if_neuron")
+EXTENSIONS = ("temporal_affine", "upsample_nearest", "upsample_zeros", "if_neuron")
 
 
 class NIRFormatError(SDMError):
@@ -136,7 +137,7 @@ def extensions_used(graph: SNNGraph) -> list[str]:
         if isinstance(node, TemporalAffine):
             used.add("temporal_affine")
         elif isinstance(node, Upsample):
-            used.add("upsample_nearest")
+            used.add(f"upsample_{node.mode}")
         elif isinstance(node, IFNeurons) and not node.standard:
             used.add("if_neuron")
     return sorted(used)
@@ -171,9 +172,6 @@ def _write_conv(node: Conv, meta: dict):
 def _write_neurons(node: IFNeurons, meta: dict):
     import nir
 
-    if node.params.input_scale != 1.0:  # no NIR node or extension carries it yet: never drop it silently
-        raise GraphError(f"{node.name}: neurons with an input scale ({node.params.input_scale:g}, LIF with "
-                         "decay_input) cannot be written to NIR yet; fold the scale into the conv before them")
     if not node.standard:
         # NIR's IF resets to v_reset, starts at 0 and emits 0/1: subtractive reset, v_init and signed
         # spikes travel as an extension
@@ -186,10 +184,11 @@ def _write_neurons(node: IFNeurons, meta: dict):
                         f"signed=1: u = v[n] <= -{m:g} and c[n-1] + s[n] > 0 (c: net count), v[n] += v_threshold*u, "
                         "output s[n] - u"})
     ones, zeros = np.ones_like(node.threshold), np.zeros_like(node.threshold)
-    if node.decay == 1.0:
-        return nir.IF(r=ones, v_threshold=node.threshold, v_reset=zeros, metadata=meta)
-    tau = ones / (1.0 - node.decay)  # Euler with dt = 1: v += (-v + r I) / tau  ==  decay * v + I
-    return nir.LIF(tau=tau, r=tau, v_leak=zeros, v_threshold=node.threshold, v_reset=zeros, metadata=meta)
+    c = node.params.input_scale  # 1, or 1/tau for spikingjelly's LIF (decay_input)
+    if node.decay == 1.0:  # Euler with dt = 1: v += r I
+        return nir.IF(r=ones * c, v_threshold=node.threshold, v_reset=zeros, metadata=meta)
+    tau = ones / (1.0 - node.decay)  # Euler with dt = 1: v += (-v + r I) / tau  ==  decay * v + (r / tau) I
+    return nir.LIF(tau=tau, r=tau * c, v_leak=zeros, v_threshold=node.threshold, v_reset=zeros, metadata=meta)
 
 
 def _write_junction(node: Junction, meta: dict):
@@ -204,10 +203,14 @@ def _write_temporal_affine(node: TemporalAffine, meta: dict):
         "equation": "y[n] = gain[n] * x[n] + offset[c]"})
 
 
+_UPSAMPLE_EQUATIONS = {"nearest": "y[c, i, j] = x[c, i // scale, j // scale]",
+                       "zeros": "y[c, scale*i, scale*j] = x[c, i, j]; y = 0 elsewhere (zero insertion)"}
+
+
 def _write_upsample(node: Upsample, meta: dict):
     return _guard_graph(node.in_shape, node.shape, {
-        **meta, "sdm.extension": "upsample_nearest", "scale": node.scale,
-        "equation": "y[c, i, j] = x[c, i // scale, j // scale]"})
+        **meta, "sdm.extension": f"upsample_{node.mode}", "scale": node.scale,
+        "equation": _UPSAMPLE_EQUATIONS[node.mode]})
 
 
 def _write_output(node: Output, meta: dict):
@@ -351,7 +354,8 @@ def _failing_node(path: Path) -> str | None:
     return None
 
 
-def _load_nir(path: Path):
+def load_nir(path: Path):
+    """``nir.read(path)``, every failure a one-line :class:`NIRFormatError` naming the file (and the node)."""
     import nir
 
     if not path.exists():
@@ -465,18 +469,27 @@ def _read_conv(name, n, where) -> Node:
                 (weight.shape[1], *_ints(n.input_shape, "input_shape")))
 
 
+def _uniform(a: np.ndarray, what: str, where: str) -> float:
+    a = _arr(a)
+    if a.size == 0 or not np.all(a == a.flat[0]):
+        raise NIRFormatError(f"{where}: {what} must be the same for every neuron")
+    return float(a.flat[0])
+
+
 def _read_if(name, n, where) -> Node:
-    if not np.allclose(n.r, 1.0) or (n.v_reset is not None and np.any(_arr(n.v_reset) != 0)):
-        raise NIRFormatError(f"{where}: IF with r != 1 or v_reset != 0 is not supported")
-    return IFNeurons(name, _arr(n.v_threshold))
+    r = _uniform(n.r, "r", where)
+    if not 0 < r <= 1 or (n.v_reset is not None and np.any(_arr(n.v_reset) != 0)):
+        raise NIRFormatError(f"{where}: only IF with 0 < r <= 1 and v_reset = 0 is supported")
+    return IFNeurons(name, _arr(n.v_threshold), NeuronParams(input_scale=r))
 
 
 def _read_lif(name, n, where) -> Node:
-    tau = _arr(n.tau)
-    if np.any(_arr(n.v_leak) != 0) or np.any(_arr(n.v_reset) != 0) or not np.allclose(n.r, tau) \
-            or not np.all(tau == tau.flat[0]) or not tau.flat[0] >= 1:
-        raise NIRFormatError(f"{where}: only LIF with r = tau >= 1 (uniform), v_leak = 0, v_reset = 0 is supported")
-    return IFNeurons(name, _arr(n.v_threshold), NeuronParams(decay=float(1.0 - 1.0 / tau.flat[0])))
+    tau, r = _uniform(n.tau, "tau", where), _uniform(n.r, "r", where)
+    if np.any(_arr(n.v_leak) != 0) or np.any(_arr(n.v_reset) != 0) or not tau >= 1 or not 0 < r <= tau:
+        raise NIRFormatError(f"{where}: only LIF with tau >= 1, 0 < r <= tau (uniform), v_leak = 0, v_reset = 0 "
+                             "is supported")
+    # Euler with dt = 1: v += (-v + r I) / tau  ==  (1 - 1/tau) v + (r / tau) I
+    return IFNeurons(name, _arr(n.v_threshold), NeuronParams(decay=1.0 - 1.0 / tau, input_scale=r / tau))
 
 
 def _read_scale(name, n, where) -> Node:
@@ -502,15 +515,17 @@ def _read_if_neuron(name, meta, in_shape, out_shape, where) -> Node:
     return IFNeurons(name, _arr(_get(meta, "v_threshold", ext)), params)
 
 
-def _read_upsample(name, meta, in_shape, out_shape, where) -> Node:
-    up = Upsample(name, in_shape, _int(_get(meta, "scale", "upsample_nearest extension"), "scale"))
+def _read_upsample(name, meta, in_shape, out_shape, where, mode: str = "nearest") -> Node:
+    scale = _int(_get(meta, "scale", f"upsample_{mode} extension"), "scale")
+    up = Upsample(name, in_shape, scale, mode=mode)
     if up.shape != out_shape:
         raise NIRFormatError(f"{where}: upsample output {out_shape} != {up.shape}")
     return up
 
 
 _EXTENSION_READERS = {"temporal_affine": _read_temporal_affine, "if_neuron": _read_if_neuron,
-                      "upsample_nearest": _read_upsample}
+                      "upsample_nearest": _read_upsample,
+                      "upsample_zeros": lambda *a: _read_upsample(*a, mode="zeros")}
 assert set(_EXTENSION_READERS) == set(EXTENSIONS)
 
 
@@ -632,17 +647,26 @@ def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
     types in the HDF5 layout, the nodes' own checks (shapes, finite values, parameters), the host
     records and :meth:`SNNGraph.validate` (edges, shapes, host against graph)."""
     path = Path(path)
-    ng = _load_nir(path)
+    ng = load_nir(path)
     meta = ng.metadata
+    if _text(meta.get("sdm.format", "")) == SD_FORMAT:
+        raise NIRFormatError(f"{path}: a Spiking-Diffusion file (sdid, decoder and encoder graphs), not a UNet "
+                             "denoiser; sdm import-nir, simulate and energy read it as such")
     _check_version(meta, path, require_host)
-    nodes = {name: _node_from_nir(name, n, path) for name, n in ng.nodes.items()}
+    return graph_from_nir(ng, str(path))
+
+
+def graph_from_nir(ng, label: str) -> SNNGraph:
+    """The IR graph of a loaded ``nir.NIRGraph`` (a file's top level, or one part of a Spiking-Diffusion
+    file); ``label`` starts every error message (the file, and the part)."""
+    nodes = {name: _node_from_nir(name, n, label) for name, n in ng.nodes.items()}
     _legacy_origins(nodes)
     try:
-        host = _host_from_metadata(meta) if "host" in meta else None
+        host = _host_from_metadata(ng.metadata) if "host" in ng.metadata else None
         return SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
     except NIRFormatError:
         raise
     except SDMError as e:
-        raise NIRFormatError(f"{path}: {_one_line(e, 300)}") from None
+        raise NIRFormatError(f"{label}: {_one_line(e, 300)}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise NIRFormatError(f"{path}: malformed host-side metadata ({type(e).__name__}: {_one_line(e)})") from None
+        raise NIRFormatError(f"{label}: malformed host-side metadata ({type(e).__name__}: {_one_line(e)})") from None

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import init
 
 from sdm.export.ir import AnalogInput, Junction, Output, SNNGraph
-from sdm.export.lower import _Builder
+from sdm.export.lower import GraphBuilder
 from sdm.train.layers import SeqBatchNorm2d, TSMConv2d
 from sdm.train.neuron import IFNeuron
 
@@ -99,7 +99,7 @@ class SpikingCNN(nn.Module):
 def lower_spiking_cnn(model, dtype=np.float32) -> SNNGraph:
     """The spiking graph of a :class:`SpikingCNN` (no host side), built with the UNet's lowering passes."""
     cfg = model.cfg
-    b = _Builder(model, np.dtype(dtype), 1.0)
+    b = GraphBuilder(model, np.dtype(dtype), 1.0)
     with torch.no_grad():
         x = b.add(AnalogInput("x", (cfg.img_ch, cfg.img_size, cfg.img_size)))
         h = b.conv_stage("conv_in", model.conv_in, model.bn_in, [("", x)])

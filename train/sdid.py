@@ -85,10 +85,11 @@ class SDID(nn.Module):
             raise ConfigError(f"SDID tokens must be in 0..{cfg.codebook_size} (mask = {cfg.codebook_size}), "
                               f"got {int(x_t.min())}..{int(x_t.max())}")
         B, h, w = x_t.shape
-        tt = t.to(torch.float32).view(B, 1, 1, 1).expand(B, 1, h, w)
+        dtype = self.head.weight.dtype  # the model's precision (float64 for bit-level checks)
+        tt = t.to(dtype).view(B, 1, 1, 1).expand(B, 1, h, w)
         if cfg.inputs == "raw":
-            return torch.cat((x_t.to(torch.float32).unsqueeze(1), tt), 1)
-        onehot = F.one_hot(x_t, cfg.codebook_size + 1).permute(0, 3, 1, 2).to(torch.float32)
+            return torch.cat((x_t.to(dtype).unsqueeze(1), tt), 1)
+        onehot = F.one_hot(x_t, cfg.codebook_size + 1).permute(0, 3, 1, 2).to(dtype)
         return torch.cat((onehot, tt / cfg.steps), 1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ def parents() -> list:
 
 def add_parser(sub):
     p = sub.add_parser("export-nir", help="write a trained model as a NIR graph",
-                       description="Export MODEL.pt to NIR: the whole spiking UNet, exactly (docs/nir-format.md).",
+                       description="Export MODEL.pt to NIR exactly (docs/nir-format.md): the whole spiking UNet, or a "
+                                   "Spiking-Diffusion checkpoint as one file of its SDID, decoder and encoder graphs.",
                        parents=parents())
     add_arguments(p)
     return p
@@ -39,9 +40,21 @@ def run(a) -> None:
     out = _destination(a)
     s = export_checkpoint(a.model, out, threshold_scale=a.threshold_scale, dtype=a.dtype,
                           use_ema=not a.no_ema, progress=True)
+    if s.get("family") == "spiking-diffusion":
+        _report_sd(s)
+        return
     print(f"wrote {s['path']}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "
           f"{s['neurons']:,} neurons in {s['neuron_groups']} groups, T={s['T']}, {s['bytes'] / 1e6:.2f} MB, "
           f"{s['dtype']}, extensions: {', '.join(s['extensions']) or 'none'} ({s['seconds']:.2f} s)")
+
+
+def _report_sd(s: dict) -> None:
+    print(f"wrote {s['path']}: Spiking-Diffusion ({s['kind']} checkpoint), {len(s['parts'])} graphs, "
+          f"{s['bytes'] / 1e6:.2f} MB, {s['dtype']} ({s['seconds']:.2f} s)")
+    for role, p in s["parts"].items():
+        print(f"  {role:8s} {p['nodes']:3d} nodes, {p['edges']:3d} edges, {p['parameters']:,} parameters, "
+              f"{p['neurons']:,} neurons in {p['neuron_groups']} groups, T={p['T']}, "
+              f"extensions: {', '.join(p['extensions']) or 'none'}")
 
 
 def _destination(a) -> Path:

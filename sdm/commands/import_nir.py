@@ -17,6 +17,8 @@ def add_parser(sub):
     p.add_argument("--sample", metavar="GRID.png", help="sample a grid with the imported denoiser")
     p.add_argument("-n", type=int, default=16)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps for --sample")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="Spiking-Diffusion files: token sampling temperature for --sample")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.set_defaults(func=run)
     return p
@@ -33,6 +35,11 @@ def run(a) -> None:
 
         check_output(a.sample, "--sample", "png", inputs=[("MODEL.nir", a.nir_file), ("--compare", a.compare)],
                      force=a.force)
+    from sdm.export.sd_format import is_sd_file
+
+    if is_sd_file(a.nir_file):
+        _run_sd(a)
+        return
     den = import_nir(a.nir_file, dtype=a.dtype)
     s = graph_summary(den.graph)
     print(f"{a.nir_file}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "
@@ -79,3 +86,57 @@ def _sample(a, den) -> None:
     gen = torch.Generator().manual_seed(a.seed)
     x = sample(den, diffusion, (a.n, c, h, w), sampler="ddim", steps=a.steps, generator=gen, progress=True)
     print(f"wrote {save_grid(x, a.sample, scale=2)}")
+
+
+# ----- Spiking-Diffusion files ----------------------------------------------------------------
+def _run_sd(a) -> None:
+    """A Spiking-Diffusion file: its parts, their comparison with the checkpoint, a sample grid."""
+    from sdm.export.api import DTYPES, sd_summary
+    from sdm.export.sd_format import read_sd_nir
+
+    options.check_float(a.temperature, "--temperature", low=0.0, low_open=True)
+    graphs = read_sd_nir(a.nir_file)
+    print(f"{a.nir_file}: Spiking-Diffusion, parts {', '.join(graphs.parts)}")
+    for role, p in sd_summary(graphs).items():
+        print(f"  {role:8s} {p['nodes']} nodes, {p['edges']} edges, {p['parameters']:,} parameters, "
+              f"{p['neuron_groups']} neuron groups, T={p['T']}, extensions: {', '.join(p['extensions']) or 'none'}")
+    dtype = DTYPES[a.dtype][1]
+    if a.compare:
+        _compare_sd(a, graphs, dtype)
+    if a.sample:
+        _sample_sd(a, graphs, dtype)
+
+
+def _compare_sd(a, graphs, dtype) -> None:
+    """Every part against the checkpoint's modules, on bundled MNIST digits (data/tests: docs/nir-format.md)."""
+    from sdm.export.sd_verify import compare_sd
+    from sdm.train.data import load_dataset, to_float
+    from sdm.train.sd_model import ABSORBING_KIND, load_absorbing, open_checkpoint, vqsvae_from_checkpoint
+
+    ckpt, _ = open_checkpoint(a.compare)
+    if ckpt.get("model_kind") == ABSORBING_KIND:
+        model = load_absorbing(ckpt, use_ema=not a.no_ema)
+        vq, sdid = model.vqsvae, model.denoiser
+    else:
+        vq, sdid = vqsvae_from_checkpoint(ckpt, use_ema=not a.no_ema)[0], None
+    vq, sdid = vq.to(dtype), sdid.to(dtype) if sdid is not None else None
+    data = load_dataset("mnist-bundled", vq.cfg.img_size, channels=vq.cfg.img_ch)
+    images = to_float(data.images_uint8[::625][:8]).to(dtype)
+    for role, r in compare_sd(graphs, vq, sdid, images, seed=a.seed, dtype=dtype).items():
+        steps = sum(v["neuron_steps"] for v in r["layers"].values())
+        out = f"max |logits| difference {r['max_abs_err']:.2e}" if role == "sdid" else \
+            f"max |image| difference {r['max_abs_err']:.2e}" if role == "decoder" else \
+            f"{r['token_mismatches']} of {r['tokens']} tokens differ"
+        print(f"compared {role} with {a.compare} on {images.shape[0]} bundled digits: {r['total_mismatches']} of "
+              f"{steps:,} neuron-steps differ in {len(r['layers'])} layers; {out}")
+
+
+def _sample_sd(a, graphs, dtype) -> None:
+    """A sample grid from the file alone: SDID calls, sampling and the decoder on the host (PyTorch)."""
+    from sdm.export.sd_execute import sample, torch_calls
+    from sdm.images import save_grid
+
+    calls = torch_calls(graphs, dtype)
+    x, _ = sample(graphs, calls["sdid"], calls["decoder"], a.n, temperature=a.temperature, seed=a.seed)
+    print(f"wrote {save_grid(x, a.sample, scale=2)} ({calls['sdid'].calls} SDID calls, temperature "
+          f"{a.temperature:g})")

@@ -65,7 +65,7 @@ class Row:
         return asdict(self)
 
 
-def _mac_row(name: str, layer: str, flops: float, executions: int) -> Row:
+def mac_row(name: str, layer: str, flops: float, executions: int) -> Row:
     """A layer on analog data: ``flops`` multiply-accumulates per execution."""
     return Row(name, layer, "MAC", None, flops, executions, 0.0, 0.0, flops * executions, 0.0)
 
@@ -82,16 +82,27 @@ def fanout_map(conv: Conv, upsample: Upsample | None = None) -> np.ndarray:
     extra_w = w_in - ((w_out - 1) * conv.stride - 2 * conv.padding + k)
     fan = F.conv_transpose2d(torch.ones(1, c_out, h_out, w_out, dtype=torch.float64), mask, stride=conv.stride,
                              padding=conv.padding, output_padding=(extra_h, extra_w))[0]
-    if upsample is not None:
+    if upsample is not None and upsample.mode == "zeros":  # only the inserted elements carry input
+        fan = fan[:, ::upsample.scale, ::upsample.scale]
+    elif upsample is not None:
         s = upsample.scale
         fan = fan.view(fan.shape[0], fan.shape[1] // s, s, fan.shape[2] // s, s).sum(dim=(2, 4))
     return fan.numpy()
 
 
-def conv_flops(conv: Conv) -> float:
-    """Dense multiply-accumulates of one step of ``conv``: ``C_out * C_in * kH * kW * H_out * W_out``."""
+def conv_flops(conv: Conv, graph: SNNGraph | None = None) -> float:
+    """Dense multiply-accumulates of one step of ``conv``: ``C_out * C_in * kH * kW * H_out * W_out``.
+
+    With ``graph``, a conv after zero insertion by ``s`` (a lowered stride-``s`` transposed conv) counts
+    what the transposed conv costs, ``C_out * C_in * kH * kW * H_in * W_in`` = the above / ``s^2``:
+    the inserted zeros are never multiplied."""
     _, h_out, w_out = conv.shape
-    return float(conv.weight.size * h_out * w_out)
+    flops = float(conv.weight.size * h_out * w_out)
+    if graph is not None:
+        src = graph.nodes[graph.predecessors(conv.name)[0]]
+        if isinstance(src, Upsample) and src.mode == "zeros":
+            flops /= src.scale ** 2
+    return flops
 
 
 def tail_conv_flops(host: HostParams) -> dict[str, float]:
@@ -106,11 +117,11 @@ def tail_conv_flops(host: HostParams) -> dict[str, float]:
 def _conv_row(graph: SNNGraph, node: Conv, spikes: Spikes, T: int) -> Row:
     """A conv on spikes is an AC row (exact events and paper SOP); on analog currents a MAC row,
     computed once per call when its input is the analog image (the same at every step)."""
-    flops = conv_flops(node)
+    flops = conv_flops(node, graph)
     source = graph.spike_source(node.name)
     if source is None:
         once = isinstance(graph.nodes[graph.predecessors(node.name)[0]], AnalogInput)
-        return _mac_row(node.name, "conv", flops, 1 if once else T)
+        return mac_row(node.name, "conv", flops, 1 if once else T)
     neurons, upsample = source
     counts = spikes[neurons.name]
     rate = float(counts.mean()) / T
@@ -120,7 +131,7 @@ def _conv_row(graph: SNNGraph, node: Conv, spikes: Spikes, T: int) -> Row:
 
 def _tsm_gain_row(graph: SNNGraph, node: TemporalAffine, spikes: Spikes, T: int) -> Row:
     """One multiply per element and step."""
-    return _mac_row(node.name, "tsm_gain", float(np.prod(node.shape)), T)
+    return mac_row(node.name, "tsm_gain", float(np.prod(node.shape)), T)
 
 
 def _neurons_row(graph: SNNGraph, node: IFNeurons, spikes: Spikes, T: int) -> Row:
@@ -174,14 +185,14 @@ def host_rows(graph: SNNGraph) -> list[Row]:
     """The analog layers around the spiking graph, as MAC rows."""
     h = graph.host
     T = h.T
-    rows = [_mac_row("host.time_mlp", "host", float(h.time_mlp.fc1_w.size + h.time_mlp.fc2_w.size), 1)]
-    rows += [_mac_row(f"host.{block}.temb_proj", "host", float(proj.w.size), 1) for block, proj in h.temb_proj.items()]
-    rows += [_mac_row(f"host.{label}", "host", flops, T) for label, flops in tail_conv_flops(h).items()]
+    rows = [mac_row("host.time_mlp", "host", float(h.time_mlp.fc1_w.size + h.time_mlp.fc2_w.size), 1)]
+    rows += [mac_row(f"host.{block}.temb_proj", "host", float(proj.w.size), 1) for block, proj in h.temb_proj.items()]
+    rows += [mac_row(f"host.{label}", "host", flops, T) for label, flops in tail_conv_flops(h).items()]
     c_img, height, width = h.img_shape
     img = c_img * height * width
     # tail BatchNorm (affine), output BatchNorm, TSM gain of the tail conv and the membrane readout
     elementwise = float(h.tail.channels * height * width + img * (2 if h.tail.conv_gain is not None else 1) + img)
-    rows.append(_mac_row("host.tail.norm_readout", "host", elementwise, T))
+    rows.append(mac_row("host.tail.norm_readout", "host", elementwise, T))
     return rows
 
 
@@ -221,11 +232,11 @@ def paper_formula_pj(rows: list[Row], preset: Preset) -> float:
 def dense_conv_macs(graph: SNNGraph) -> float:
     """Dense MACs of one pass of every conv of the UNet (spiking graph and tail), one step."""
     tail = sum(tail_conv_flops(graph.host).values()) if graph.host is not None else 0.0
-    return sum(conv_flops(n) for n in graph.of_type(Conv)) + tail
+    return sum(conv_flops(n, graph) for n in graph.of_type(Conv)) + tail
 
 
 def ann_macs(graph: SNNGraph) -> float:
     """The same UNet as an ANN (ReLU/Swish instead of spikes, no T): every conv and every host
     layer (:func:`host_rows`, the tail's convs included) once, dense."""
     host = sum(r.dense_flops for r in host_rows(graph)) if graph.host is not None else 0.0
-    return sum(conv_flops(n) for n in graph.of_type(Conv)) + host
+    return sum(conv_flops(n, graph) for n in graph.of_type(Conv)) + host

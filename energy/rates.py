@@ -33,7 +33,7 @@ class SpikeCounts:
         return {k: v[i] for k, v in self.per_call.items()}
 
 
-def _module_to_graph(graph: SNNGraph, module_name: str, spikes: torch.Tensor) -> dict[str, torch.Tensor]:
+def module_to_graph(graph: SNNGraph, module_name: str, spikes: torch.Tensor) -> dict[str, torch.Tensor]:
     """A neuron module's output as the graph's neuron groups: the groups whose origin is the module,
     each taking its channel range (the parts of a concatenation) or all of it."""
     out = {}
@@ -58,7 +58,7 @@ def model_spike_counts(model: SpikingUNet, graph: SNNGraph, inputs: list[tuple[t
                 current.clear()
                 model(x, t)
                 for mod, s in current.items():
-                    for name, part in _module_to_graph(graph, mod, s).items():
+                    for name, part in module_to_graph(graph, mod, s).items():
                         # events: |s|, so that signed spikes count as events too
                         per_call[name].append(part.abs().sum(dim=0).mean(dim=0).double().numpy())
     finally:

@@ -112,18 +112,30 @@ def assumptions(memory: bool) -> list[str]:
     ] + ([f"memory: one weight read per AC/MAC ({MEMORY_SOURCE})"] if memory else [])
 
 
-def format_table(rep: dict) -> str:
+def rows_table(rows: list[dict]) -> str:
+    """The per-layer table of priced rows (``Row.to_dict()``), with its header."""
     out = io.StringIO()
-    out.write(f"energy per denoiser call, {rep['preset']}\nspikes: {rep['spike_source']}, t = {rep['timesteps']}\n\n")
     out.write(f"{'layer':34s} {'kind':6s} {'in rate':>8s} {'FLOPs/step':>11s} {'SOP paper':>11s} "
               f"{'syn events':>11s} {'MACs':>11s} {'energy nJ':>10s} {'share':>6s}\n")
-    for r in rep["rows"]:
+    for r in rows:
         rate = f"{r['input_rate']:.3f}" if r["input_rate"] is not None else "-"
         out.write(f"{r['name'][:34]:34s} {r['kind']:6s} {rate:>8s} {r['dense_flops']:11.3g} {r['sop_paper']:11.3g} "
                   f"{r['synaptic_events']:11.3g} {r['macs']:11.3g} {r['energy_pj'] / 1e3:10.3f} "
                   f"{100 * r['share']:5.1f}%\n")
-    ac = sum(r["energy_pj"] for r in rep["rows"] if r["kind"] == "AC")
-    mac = sum(r["energy_pj"] for r in rep["rows"] if r["kind"] == "MAC")
+    return out.getvalue()
+
+
+def kind_totals(rows: list[dict]) -> tuple[float, float]:
+    """``(AC, MAC)`` energy of priced rows, pJ."""
+    return (sum(r["energy_pj"] for r in rows if r["kind"] == "AC"),
+            sum(r["energy_pj"] for r in rows if r["kind"] == "MAC"))
+
+
+def format_table(rep: dict) -> str:
+    out = io.StringIO()
+    out.write(f"energy per denoiser call, {rep['preset']}\nspikes: {rep['spike_source']}, t = {rep['timesteps']}\n\n")
+    out.write(rows_table(rep["rows"]))
+    ac, mac = kind_totals(rep["rows"])
     out.write(f"\ntotal per call: {rep['total_pj_per_call'] / 1e6:.4f} uJ (AC {ac / 1e6:.4f}, MAC {mac / 1e6:.4f}); "
               f"per sample ({len(rep['timesteps'])} steps): {rep['total_pj_per_sample'] / 1e6:.4f} uJ\n")
     out.write(f"paper formula (E_MAC*FLOPs_first + E_AC*sum SOP): {rep['paper_formula_pj_per_call'] / 1e6:.4f} uJ "
@@ -152,16 +164,22 @@ def format_json(rep: dict) -> str:
 
 
 def plot(rep: dict, path: str | os.PathLike) -> Path:
+    title = f"{rep['preset'].split(':')[0]}: {rep['total_pj_per_call'] / 1e6:.3f} uJ per call (blue AC, orange MAC)"
+    return energy_bars(rep["rows"], title, "energy per call (nJ)", path)
+
+
+def energy_bars(rows: list[dict], title: str, ylabel: str, path: str | os.PathLike) -> Path:
+    """Per-layer energy bars (nJ, coloured by kind) with the AC rows' input firing rates, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rep["rows"] if r["energy_pj"] > 0]
+    rows = [r for r in rows if r["energy_pj"] > 0]
     fig, ax = plt.subplots(figsize=(max(8, 0.22 * len(rows)), 4.5))
     colors = {"AC": "tab:blue", "MAC": "tab:orange", "neuron": "tab:gray"}
     ax.bar(range(len(rows)), [r["energy_pj"] / 1e3 for r in rows], color=[colors[r["kind"]] for r in rows])
-    ax.set_ylabel("energy per call (nJ)")
+    ax.set_ylabel(ylabel)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["name"] for r in rows], rotation=90, fontsize=6)
     ax2 = ax.twinx()
@@ -169,8 +187,7 @@ def plot(rep: dict, path: str | os.PathLike) -> Path:
     ax2.plot(xs, [rows[i]["input_rate"] for i in xs], "k.", label="input firing rate")
     ax2.set_ylabel("input firing rate (AC rows)")
     ax2.set_ylim(0, max([rows[i]["input_rate"] for i in xs] + [0.1]) * 1.2)
-    ax.set_title(f"{rep['preset'].split(':')[0]}: {rep['total_pj_per_call'] / 1e6:.3f} uJ per call "
-                 f"(blue AC, orange MAC)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sdm.errors import UserError
+
 from . import options
 
 
@@ -15,9 +17,13 @@ def add_parser(sub):
                        parents=[options.sampler(None, eta=False), options.seed(), options.threads(),
                                 options.no_ema("use raw weights even if EMA weights exist (with --sim: for a run "
                                                "of a file exported with --no-ema)"), options.force()])
-    p.add_argument("model", metavar="MODEL.pt")
-    p.add_argument("--denoise-steps", type=int, default=4, help="denoiser calls of the measured trajectory")
-    p.add_argument("-n", type=int, default=4, help="images in the measured trajectory")
+    p.add_argument("model", metavar="MODEL.pt", help="a spiking UNet or a Spiking-Diffusion checkpoint")
+    p.add_argument("--denoise-steps", type=int, default=None,
+                   help="denoiser calls of the measured trajectory (UNet; default 4)")
+    p.add_argument("-n", type=int, default=4, help="images in the measured trajectory (Spiking-Diffusion: samples "
+                                                   "generated, and digits encoded)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="Spiking-Diffusion: token sampling temperature of the measured samples (default 1)")
     p.add_argument("--data", help="measure on training images noised to the same t instead of a trajectory")
     p.add_argument("--sim", metavar="DIR", help="use the spike records of `sdm simulate --out DIR`")
     p.add_argument("--preset", default="45nm-fp32", choices=["45nm-fp32", "45nm-fp16", "45nm-int8", "loihi"])
@@ -36,10 +42,21 @@ def run(a) -> None:
     options.check_int(a.n, "-n", 1)
     options.check_int(a.denoise_steps, "--denoise-steps", 1)
     _check_outputs(a)
+    if _is_spiking_diffusion(a.model):
+        _run_sd(a)
+        return
+    if a.temperature is not None:
+        raise UserError("--temperature applies to Spiking-Diffusion checkpoints; this is a spiking UNet")
+    a.denoise_steps = 4 if a.denoise_steps is None else a.denoise_steps
     rep = energy_report(a.model, denoise_steps=a.denoise_steps, n=a.n, seed=a.seed, sampler=a.sampler,
                         preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory, use_ema=not a.no_ema,
                         order=a.order)
     text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
+    _emit(a, text, rep, plot)
+
+
+def _emit(a, text: str, rep: dict, plot) -> None:
+    """The report to --out or standard output, the plot to --plot."""
     # standard output holds the report and nothing else; when the report goes to --out, it holds
     # the list of files written
     notes = sys.stdout if a.out else sys.stderr
@@ -69,3 +86,28 @@ def _check_outputs(a) -> None:
     if a.plot is not None:
         check_output(a.plot, "--plot", "png", inputs=inputs, force=a.force)
     check_distinct([("--out", a.out), ("--plot", a.plot)])
+
+
+def _is_spiking_diffusion(path: str) -> bool:
+    from sdm.train.checkpoint import load_checkpoint
+    from sdm.train.sd_model import checkpoint_kind
+
+    return checkpoint_kind(load_checkpoint(path)) is not None
+
+
+def _run_sd(a) -> None:
+    """A Spiking-Diffusion checkpoint: per part and per generated sample (energy/sd_report.py)."""
+    from sdm.energy.report import format_json
+    from sdm.energy.sd_report import format_sd_csv, format_sd_table, plot_sd, sd_energy_from_checkpoint
+
+    sampler = None if a.sampler == "ddim" else a.sampler  # the default tells nothing
+    for flag, value in (("--denoise-steps", a.denoise_steps), ("--data", a.data), ("--sampler", sampler)):
+        if value is not None:
+            raise UserError(f"{flag} applies to the spiking UNet; a Spiking-Diffusion sample is always its "
+                            "diffusion's steps of SDID calls and one decode")
+    temperature = 1.0 if a.temperature is None else a.temperature
+    options.check_float(temperature, "--temperature", low=0.0, low_open=True)
+    rep = sd_energy_from_checkpoint(a.model, n=a.n, temperature=temperature, seed=a.seed, preset=a.preset,
+                                    sim_dir=a.sim, memory=a.memory, use_ema=not a.no_ema)
+    text = {"table": format_sd_table, "csv": format_sd_csv, "json": format_json}[a.format](rep)
+    _emit(a, text, rep, plot_sd)

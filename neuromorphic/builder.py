@@ -28,6 +28,9 @@ The same factories make the layers of the fused build (:mod:`.fused`), with ever
 
 :func:`build` runs named passes, in the style of lava-dl's netx (one ``create_*`` per layer type):
 
+0. :func:`fold_input_scale` (through :func:`prepare`, also the fused build's start): the input scale of
+   spikingjelly-style LIF groups (``h = decay * v + c * x``, the Spiking-Diffusion models) folded into
+   the weights and biases of the convs feeding them, which Lava's LIF (no ``c``) then reads as they are;
 1. :func:`plan_timing`: every node's depth, the output junction, the window and run length;
 2. :func:`constant_inputs`: the bias pass, each conv's (and time projection's) constant moved
    to the node it feeds;
@@ -35,11 +38,16 @@ The same factories make the layers of the fused build (:mod:`.fused`), with ever
    groups' and the output junction's probe files are made here (:class:`Probes`);
 4. :func:`wire`: the edges, with a delay line wherever a source arrives early.
 
+Upsamplings: ``mode="nearest"`` is :class:`UpsampleNearest`, ``mode="zeros"`` (zero insertion, which with
+the stride-1 conv after it is a transposed convolution) :class:`UpsampleZeros`; both relay spikes with
+zero latency, and the conv after either reads them as spikes.
+
 ``print(net)`` (:meth:`LavaGraph.table`) shows the built network, one row per process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -124,6 +132,77 @@ def check_host(graph: SNNGraph) -> None:
     if out.shape[0] != host.tail.channels:
         raise LavaBuildError(f"{out.name}: graph output of shape {_shape_text(out.shape)} but the host section's tail "
                              f"reads {host.tail.channels} channels")
+
+
+# ----- pass 0: the LIF input scale folded into the convs before the neurons ------------------
+def _scale_required(graph: SNNGraph, consumer: str) -> float:
+    """The input scale consumer ``consumer`` needs on what it reads: an LIF group's, else 1."""
+    node = graph.nodes[consumer]
+    return node.params.input_scale if isinstance(node, IFNeurons) else 1.0
+
+
+def _check_scaled_inputs(graph: SNNGraph, name: str) -> None:
+    """Every input of scaled neuron group ``name`` must be a conv (whose weights take the scale)."""
+    node = graph.nodes[name]
+    for src in graph.predecessors(name):
+        if not isinstance(graph.nodes[src], Conv):
+            kind = "a time-embedding input" if _is_temb(graph.nodes[src]) else type(graph.nodes[src]).__name__
+            raise LavaBuildError(
+                f"{name}: LIF neurons with input scale {node.params.input_scale:g} read {src} ({kind}), not a conv: "
+                "Lava's LIF has no input scale, and it can only be folded into the weights and bias of the convs "
+                "that feed the group")
+
+
+def fold_input_scale(graph: SNNGraph) -> SNNGraph:
+    """The graph with every LIF input scale folded into the convs that feed the neurons (pass 0).
+
+    spikingjelly's LIF (``decay_input``) charges ``h = decay * v + c * x`` with ``c = input_scale``
+    (``NeuronParams.lif``: tau 2 -> decay 1/2, c = 1/2); Lava's LIF has no ``c``.  Every conv feeding
+    such a group gets ``weight * c`` and ``bias * c`` (its constant, :func:`constant_inputs`) and the group
+    is built with ``input_scale = 1``.  Exact in floating point when ``c`` is a power of two (the scaled
+    products and sums are the unscaled ones times ``c``, rounding included); otherwise exact up to one
+    rounding of each scaled weight.  A conv that also feeds a consumer needing another scale (a junction, a
+    group of another scale) is copied: the copy, ``"<conv>:x<c>"``, feeds the group of scale ``c`` and the
+    original the others (unscaled, or scaled for its first consumer when none reads it unscaled), so
+    nothing is scaled twice or where it must not be.  A scaled group fed by anything but convs (an input,
+    a junction, a TSM gain, an upsampling) is a :class:`LavaBuildError` naming the group and its input.
+
+    Returns ``graph`` itself when it has no scaled neurons; otherwise a new :class:`SNNGraph` (the nodes
+    are replaced with ``dataclasses.replace``, the input graph is not modified).  Both builds and
+    :class:`~.fixed_point.FixedPointPlan` start with it, so the plan's conv mantissas are of the scaled
+    weights (a power-of-two scale only moves the exponent)."""
+    scaled = [n for n in graph.topological_order()
+              if isinstance(graph.nodes[n], IFNeurons) and graph.nodes[n].params.input_scale != 1.0]
+    if not scaled:
+        return graph
+    for name in scaled:
+        _check_scaled_inputs(graph, name)
+    nodes = dict(graph.nodes)
+    renamed: dict[tuple[str, str], str] = {}  # (conv, consumer) -> the node that now feeds the consumer
+    copies: dict[str, list[str]] = {}  # conv -> its scaled copies
+    for conv in dict.fromkeys(p for n in scaled for p in graph.predecessors(n)):
+        node, consumers = graph.nodes[conv], graph.successors(conv)
+        scales = list(dict.fromkeys(_scale_required(graph, d) for d in consumers))
+        keeps = scales[0] if 1.0 not in scales else 1.0  # the scale the conv keeps its name for
+        for c in scales:
+            if c == 1.0:
+                continue
+            copy = conv if c == keeps else f"{conv}:x{c:g}"
+            if copy != conv and copy in nodes:
+                raise LavaBuildError(f"{conv}: its copy for input scale {c:g} would be named {copy}, which the graph "
+                                     "already has")
+            nodes[copy] = dataclasses.replace(node, name=copy, weight=node.weight * c, bias=node.bias * c)
+            if copy != conv:
+                copies.setdefault(conv, []).append(copy)
+            renamed.update({(conv, d): copy for d in consumers if _scale_required(graph, d) == c})
+    for name in scaled:
+        node = graph.nodes[name]
+        nodes[name] = dataclasses.replace(node, params=dataclasses.replace(node.params, input_scale=1.0))
+    edges = []
+    for src, dst in graph.edges:
+        edges.append((renamed.get((src, dst), src), dst))
+        edges.extend((src, copy) for copy in copies.get(dst, ()))
+    return SNNGraph(nodes, edges, graph.host)
 
 
 # ----- pass 1: timing -----------------------------------------------------------------------
@@ -279,9 +358,9 @@ def _neurons(ctx: BuildContext, node: IFNeurons) -> AbstractProcess:
     from .lava_models.processes import RecordingLIFReset
 
     th = node.threshold
-    if node.params.input_scale != 1.0:
-        raise LavaBuildError(f"{node.name}: neurons with an input scale ({node.params.input_scale:g}) have no "
-                             "Lava mapping yet; fold the scale into the conv before them")
+    if node.params.input_scale != 1.0:  # fold_input_scale has run on every graph the builds take
+        raise LavaBuildError(f"{node.name}: input scale {node.params.input_scale:g} left unfolded (build the graph "
+                             "through build / build_fused, which start with fold_input_scale)")
     if not np.all(th == th.flat[0]):
         raise LavaBuildError(f"{node.name}: per-neuron thresholds are not supported (Lava LIF has one vth)")
     theta, b, plan = float(th.flat[0]) * ctx.threshold_scale, ctx.constant(node.name), ctx.plan
@@ -323,9 +402,14 @@ def _temporal_affine(ctx: BuildContext, node: TemporalAffine) -> AbstractProcess
 
 
 def _upsample(ctx: BuildContext, node: Upsample) -> AbstractProcess:
-    from .lava_models.processes import UpsampleNearest
+    """``UpsampleNearest`` (mode ``nearest``) or ``UpsampleZeros`` (mode ``zeros``, zero insertion: with the
+    stride-1 conv after it a transposed convolution); zero latency, what it reads passes on unscaled."""
+    from .lava_models.processes import UpsampleNearest, UpsampleZeros
 
-    return UpsampleNearest(shape=lava_shape(node.in_shape), scale=node.scale, name=node.name)
+    relays = {"nearest": UpsampleNearest, "zeros": UpsampleZeros}
+    if node.mode not in relays:
+        raise LavaBuildError(f"{node.name}: upsample mode {node.mode!r} has no Lava mapping")
+    return relays[node.mode](shape=lava_shape(node.in_shape), scale=node.scale, name=node.name)
 
 
 def _no_process(ctx: BuildContext, node: Output) -> None:
@@ -479,6 +563,24 @@ class LavaGraph:
         return self.table()
 
 
+def prepare(graph: SNNGraph, plan: FixedPointPlan | None) -> tuple[SNNGraph, FixedPointPlan | None]:
+    """Where both builds start: the graph after :func:`fold_input_scale` and the fixed-point plan of that
+    graph (``plan`` itself when it was made from it or from the unfolded graph: ``FixedPointPlan`` folds
+    too, deterministically, so its conv names and mantissas are the folded graph's)."""
+    folded = fold_input_scale(graph)
+    if plan is None or plan.graph is folded:
+        return folded, plan
+    for name, node in folded.nodes.items():
+        if not isinstance(node, Conv):
+            continue
+        planned = plan.graph.nodes.get(name)
+        if name not in plan.conv_mant or not isinstance(planned, Conv) or not np.array_equal(planned.weight,
+                                                                                            node.weight):
+            raise LavaBuildError(f"{name}: the fixed-point plan was made for other weights of this conv (a plan of "
+                                 "another graph, or of the graph before its input scales were folded)")
+    return folded, plan
+
+
 def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes: bool = True,
           threshold_scale: float = 1.0, plan: FixedPointPlan | None = None) -> LavaGraph:
     """Create (not yet compile) the Lava processes of ``graph`` (the passes of the module docstring).
@@ -489,6 +591,7 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
     With a :class:`~sdm.neuromorphic.fixed_point.FixedPointPlan` the parameters are integers
     for Lava's ``fixed_pt`` models; without one they are used as they are (``floating_pt``)."""
     ensure_lava_runtime()
+    graph, plan = prepare(graph, plan)
     timing = plan_timing(graph, T, batch)
     ctx = BuildContext(graph, timing, constant_inputs(graph), Probes(probe_dir, timing.window),
                        Probes(probe_dir, timing.window, prefix="in-"), plan=plan, threshold_scale=threshold_scale,

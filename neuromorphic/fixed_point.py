@@ -9,7 +9,10 @@ integrates ``v += a_in << 6`` plus its bias and fires when ``v > vth << 6``, so
 * conv weights: 8-bit mantissa with a shared exponent per conv, ``w = mant * 2**exp``
   (``exp`` may be negative: the sum is then shifted right with rounding).  A conv on spikes
   carries ``lam * W`` (a spike is 1); a conv on graded currents (already in state units, e.g.
-  a 1x1 shortcut on a residual stream or the first conv on the image) carries ``W``;
+  a 1x1 shortcut on a residual stream or the first conv on the image) carries ``W``; a conv after
+  an upsampling of spikes (nearest or zero insertion) reads spikes too;
+* LIF input scale ``c`` (spikingjelly's ``decay_input``): folded into the feeding convs' weights and
+  biases before the plan is made (``builder.fold_input_scale``), ``c = 1/2`` moving each exponent by -1;
 * decays: ``du = 4095`` (the synaptic current does not persist), ``dv = round(4096 * (1 - decay))``.
 
 The state is 24-bit in the LIF and the LIF's synaptic input port is 16-bit, which bounds the
@@ -28,7 +31,7 @@ import math
 import numpy as np
 
 from sdm.errors import ConfigError
-from sdm.export.ir import Conv, IFNeurons, SNNGraph, Upsample
+from sdm.export.ir import Conv, SNNGraph
 
 WEIGHT_BITS = 8  # mantissa magnitude < 2**8 (Loihi 2: 8-bit weights with sign, plus exponent)
 BIAS_MANT_MAX = 4095  # 13-bit signed
@@ -61,16 +64,26 @@ def mantissa_exponent(m: np.ndarray, bits: int = WEIGHT_BITS) -> tuple[np.ndarra
 
 
 class FixedPointPlan:
+    """The integer parameters of ``graph`` for Lava's ``fixed_pt`` models (module docstring).
+
+    The plan is of the graph the builders run: ``graph`` after the builder's
+    :func:`~sdm.neuromorphic.builder.fold_input_scale` (``self.graph``; ``graph`` itself when it has no
+    LIF input scale), so an LIF group's input scale is in its convs' mantissas and exponents (a
+    power-of-two scale changes only the exponent).  A conv reads spikes (and carries ``lam * W``) when
+    :meth:`~sdm.export.ir.SNNGraph.spike_source` finds a neuron group before it, directly or through an
+    upsampling, nearest or zero insertion (whose inserted zeros are no spikes); else graded currents."""
+
     def __init__(self, graph: SNNGraph, state_shift: int = 8):
-        self.graph = graph
+        from .builder import fold_input_scale  # the builders' pass 0; builder.py loads Lava only on demand
+
+        self.graph = graph = fold_input_scale(graph)
         self.lam = float(2 ** state_shift)
         self.conv_mant: dict[str, np.ndarray] = {}
         self.conv_exp: dict[str, int] = {}
         self.warnings: list[str] = []
         for name, node in graph.nodes.items():
             if isinstance(node, Conv):
-                src = graph.nodes[graph.predecessors(name)[0]]
-                spiking = isinstance(src, (IFNeurons, Upsample))
+                spiking = graph.spike_source(name) is not None
                 mant, exp = mantissa_exponent(node.weight * (self.lam if spiking else 1.0))
                 self.conv_mant[name], self.conv_exp[name] = mant, exp
                 if spiking:

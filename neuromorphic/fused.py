@@ -18,7 +18,10 @@ that needs them.
 The layers are the loihi build's: :func:`build_fused` runs the builder's factories with every
 depth 0 (one window of ``T`` steps, reset at the first step of each call) and hands their process
 models and parameters to the stages (:class:`~.lava_models.fused_model.LayerSpec`), so both builds
-share one set of neuron, conv and fixed-point models and one quantisation.
+share one set of neuron, conv and fixed-point models and one quantisation.  Both builds start from the
+same graph, :func:`~.builder.prepare`'s: LIF input scales folded into the convs before the neurons
+(:func:`~.builder.fold_input_scale`).  Zero-insertion upsamplings (``Upsample(mode="zeros")``, the
+transposed convolutions of the Spiking-Diffusion decoder) are ported layers like the nearest ones.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from sdm.errors import ConfigError
 from sdm.export.ir import AnalogInput, Conv, IFNeurons, Output, SNNGraph
 
-from .builder import BuildContext, Probes, Timing, constant_inputs, lava_shape, make_processes, plan_timing
+from .builder import BuildContext, Probes, Timing, constant_inputs, lava_shape, make_processes, plan_timing, prepare
 from .lava_runtime import ensure_lava_runtime
 
 if TYPE_CHECKING:
@@ -197,6 +200,7 @@ def build_fused(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_
     every depth 0) cut into ``stages`` stages, chained by their packed outputs.  Probe files as
     :func:`~.builder.build` makes them; the output junction's probe holds the graph output."""
     ensure_lava_runtime()
+    graph, plan = prepare(graph, plan)  # LIF input scales folded into the convs, as in the loihi build
     layout = plan_stages(graph, stages)
     output = plan_timing(graph, T, batch).output
     timing = Timing(depth={n: 0 for n in graph.nodes}, output="", T=T, batch=batch, window=batch * T, run_length=T)

@@ -37,9 +37,12 @@ from .processes import (
     PyTemporalGainFloat,
     PyUpsampleNearestFixed,
     PyUpsampleNearestFloat,
+    PyUpsampleZerosFixed,
+    PyUpsampleZerosFloat,
     RecordingLIFReset,
     TemporalGain,
     UpsampleNearest,
+    UpsampleZeros,
 )
 
 MODES = ("floating_pt", "fixed_pt")
@@ -50,11 +53,13 @@ MODELS: dict[str, dict[type[AbstractProcess], type[PyLoihiProcessModel]]] = {
         Conv: FastConvModelFloat, RecordingLIFReset: PyRecordingLIFResetFloat, AnalogJunction: PyAnalogJunctionFloat,
         TemporalGain: PyTemporalGainFloat, UpsampleNearest: PyUpsampleNearestFloat, DelayLine: PyDelayLineFloat,
         ChannelDense: PyChannelDenseFloat, MemmapSource: PyMemmapSourceFloat, FusedStage: PyFusedStageModel,
+        UpsampleZeros: PyUpsampleZerosFloat,
     },
     "fixed_pt": {
         Conv: FastConvModelFixed, RecordingLIFReset: PyRecordingLIFResetFixed, AnalogJunction: PyAnalogJunctionFixed,
         TemporalGain: PyTemporalGainFixed, UpsampleNearest: PyUpsampleNearestFixed, DelayLine: PyDelayLineFixed,
         ChannelDense: PyChannelDenseFixed, MemmapSource: PyMemmapSourceFixed, FusedStage: PyFusedStageModel,
+        UpsampleZeros: PyUpsampleZerosFixed,
     },
 }
 

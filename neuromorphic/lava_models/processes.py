@@ -1,4 +1,4 @@
-"""Lava processes the spiking UNet needs beyond Lava's core set, and their CPU models.
+"""Lava processes the spiking UNet and the Spiking-Diffusion models need beyond Lava's core set, and their CPU models.
 
 Timing conventions (Lava's LoihiProtocol): a synapse process (Conv, Dense, Sparse) sends
 in step k what it computed from its input of step k-1, so every synapse stage adds one
@@ -12,6 +12,8 @@ AnalogJunction         dendritic accumulation of several synaptic inputs plus a 
                        forwarded as graded spikes
 TemporalGain           per-time-step synaptic scaling (TSM gain) of graded spikes
 UpsampleNearest        fan-out connectivity of nearest-neighbour upsampling
+UpsampleZeros          connectivity of zero insertion (each spike to one position of the
+                       s-times larger grid; with the next conv, a transposed convolution)
 DelayLine              synaptic delay of graded values (Loihi 2: per-synapse delays)
 MemmapSource           host input (image, time embedding) read from a memory-mapped file
 ChannelDense           a Dense synapse whose weights a channel's neurons share (time embedding)
@@ -324,6 +326,41 @@ class PyUpsampleNearestFloat(_PyUpsampleNearest):
 @requires(CPU)
 @tag("fixed_pt")
 class PyUpsampleNearestFixed(_PyUpsampleNearest):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+
+
+class UpsampleZeros(_Relay):
+    """Zero insertion: ``y[s*i, s*j, c] = x[i, j, c]``, 0 elsewhere; output ``(s*W, s*H, C)`` (the IR's
+    ``Upsample(mode="zeros")``).  Before a stride-1 conv with the flipped kernel it makes a transposed
+    convolution of stride ``s``; the inserted zeros are no spikes (spikes stay binary, or 2-bit signed)."""
+
+    def __init__(self, *, shape, scale=2, **kwargs):
+        w, h, c = shape
+        super().__init__(shape=shape, out_shape=(w * scale, h * scale, c), scale=scale, **kwargs)
+
+
+class _PyUpsampleZeros(PyLoihiProcessModel):
+    def run_spk(self):
+        s, x = self.proc_params["scale"], self.a_in.recv()
+        # W and H counted from the end: a fused stage's leading batch dimension passes through
+        y = np.zeros((*x.shape[:-3], x.shape[-3] * s, x.shape[-2] * s, x.shape[-1]), dtype=x.dtype)
+        y[..., ::s, ::s, :] = x
+        self.a_out.send(y)
+
+
+@implements(proc=UpsampleZeros, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyUpsampleZerosFloat(_PyUpsampleZeros):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+
+@implements(proc=UpsampleZeros, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyUpsampleZerosFixed(_PyUpsampleZeros):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 

@@ -9,7 +9,10 @@
 4. NIR export, read back and checked layer by layer;
 5. a whole short DDIM trajectory in Lava's fused build and two calls of the per-layer (loihi) build,
    floating_pt, every call compared spike for spike with PyTorch;
-6. the per-layer energy report and plot.
+6. the per-layer energy report and plot;
+7. the second pipeline: the Spiking-Diffusion checkpoint exported to one NIR file, samples generated with
+   every SDID call and the decoder in Lava (fused, floating_pt, checked against PyTorch), and the energy
+   per generated sample from the Lava spike records.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def add_parser(sub):
                    help="Spiking-Diffusion (absorbing) checkpoint for the second grid ('' to skip it)")
     p.add_argument("--temperature", type=float, default=SD_TEMPERATURE,
                    help="token sampling temperature of the Spiking-Diffusion grid")
+    p.add_argument("--sd-lava-samples", type=int, default=2,
+                   help="Spiking-Diffusion samples generated in Lava, with their energy (0: skip)")
     p.set_defaults(func=run)
     return p
 
@@ -66,12 +71,16 @@ def run(a) -> None:
     _export(a, model, model_path, out)
     _lava(a, out)
     _energy(a, model_path, out)
+    _sd_pipeline(a, out)
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s; outputs in {out}/")
 
 
 # the files the demo writes in --out DIR, and their kinds (sdm.paths)
 OUTPUTS = {"samples.png": "png", "sd_samples.png": "png", "families.png": "png", "demo.nir": "nir",
            "energy.txt": "text", "energy.png": "png"}
+
+
+SD_OUTPUTS_DEMO = {"sd.nir": "nir", "sd_energy.txt": "text", "sd_energy.png": "png"}  # step 7
 
 
 def _check(a) -> Path:
@@ -81,7 +90,7 @@ def _check(a) -> Path:
 
     for flag, value, low in (("-n", a.n, 1), ("--sample-steps", a.sample_steps, 1),
                              ("--lava-steps", a.lava_steps, 0), ("--loihi-calls", a.loihi_calls, 0),
-                             ("--train-steps", a.train_steps, 0)):
+                             ("--train-steps", a.train_steps, 0), ("--sd-lava-samples", a.sd_lava_samples, 0)):
         options.check_int(value, flag, low)
     trains = bool(a.train_steps) or not Path(a.model).exists()
     if not a.model:
@@ -101,6 +110,12 @@ def _check(a) -> Path:
         check_outputs(out / "lava", out / "demo.nir", a.force)
         if a.loihi_calls > 0:
             check_outputs(out / "lava-loihi", out / "demo.nir", a.force)
+    if a.sd_model and a.sd_lava_samples > 0:
+        from .simulate import SD_OUTPUTS, check_outputs
+
+        for name, kind in SD_OUTPUTS_DEMO.items():
+            check_output(out / name, "--out", kind, inputs=inputs, force=a.force)
+        check_outputs(out / "sd-lava", out / "sd.nir", a.force, outputs=SD_OUTPUTS)
     if trains:
         check_run_dir(out / "train", "--out", force=a.force)
     return out
@@ -110,13 +125,13 @@ def _model(a, out: Path) -> Path:
     """Step 1: the checkpoint to demonstrate (trained here with --train-steps or when it is missing)."""
     model_path = Path(a.model)
     if not a.train_steps and model_path.exists():
-        print(f"[1/6] model: {model_path}")
+        print(f"[1/7] model: {model_path}")
         return model_path
     from sdm.train.trainer import TrainConfig, train
     from sdm.train.unet import UNetConfig
 
     steps = a.train_steps or 300
-    print(f"[1/6] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
+    print(f"[1/7] training a small spiking UNet on mnist-bundled for {steps} steps (no checkpoint at {model_path})")
     from sdm.paths import check_run_dir, run_lock
 
     with run_lock(out / "train", "--out"):  # as sdm train: one writer per run directory
@@ -136,7 +151,7 @@ def _sample(a, model_path: Path, out: Path):
     cfg = model.cfg
     print(f"      {cfg.img_size}x{cfg.img_size}x{cfg.img_ch}, ch {cfg.ch}, ch_mult {list(cfg.ch_mult)}, "
           f"T={cfg.T}, trained {ckpt.get('step', '?')} steps on {ckpt.get('data', {}).get('spec', '?')}")
-    print(f"[2/6] sampling {a.n} images with DDIM ({a.sample_steps} steps) in PyTorch")
+    print(f"[2/7] sampling {a.n} images with DDIM ({a.sample_steps} steps) in PyTorch")
     t0 = time.perf_counter()
     x = generate(model, diffusion, a.n, sampler="ddim", steps=a.sample_steps, seed=a.seed)
     print(f"      wrote {save_grid(x, out / 'samples.png', scale=2)} ({time.perf_counter() - t0:.1f} s)")
@@ -146,7 +161,7 @@ def _sample(a, model_path: Path, out: Path):
 def _spiking_diffusion(a, unet_grid, out: Path) -> None:
     """Step 3: a grid of the second family, and both grids in one picture."""
     if not a.sd_model:
-        print("[3/6] Spiking-Diffusion grid skipped (--sd-model '')")
+        print("[3/7] Spiking-Diffusion grid skipped (--sd-model '')")
         return
     from sdm.images import save_grid, save_side_by_side
     from sdm.train.checkpoint import load_checkpoint
@@ -155,7 +170,7 @@ def _spiking_diffusion(a, unet_grid, out: Path) -> None:
     ckpt = load_checkpoint(a.sd_model)
     model = load_absorbing(ckpt, use_ema=not a.no_ema)
     vq, sdid = model.vqsvae.cfg, model.denoiser.cfg
-    print(f"[3/6] Spiking-Diffusion: {a.n} samples, {model.diffusion.cfg.steps} unmasking steps over the "
+    print(f"[3/7] Spiking-Diffusion: {a.n} samples, {model.diffusion.cfg.steps} unmasking steps over the "
           f"{vq.latent_size}x{vq.latent_size} tokens, temperature {a.temperature:g} ({a.sd_model}: SDID channels "
           f"{list(sdid.channels)}, T={sdid.T}, trained {ckpt.get('step', '?')} steps)")
     t0 = time.perf_counter()
@@ -172,7 +187,7 @@ def _export(a, model, model_path: Path, out: Path) -> None:
     from sdm.export.api import export_checkpoint, import_nir
     from sdm.export.verify import compare
 
-    print("[4/6] exporting to NIR and checking the import layer by layer")
+    print("[4/7] exporting to NIR and checking the import layer by layer")
     cfg = model.cfg
     s = export_checkpoint(model_path, out / "demo.nir", dtype="float64", use_ema=not a.no_ema)
     den = import_nir(out / "demo.nir", dtype="float64")
@@ -189,11 +204,11 @@ def _lava(a, out: Path) -> None:
     """Step 5: a ``--lava-steps`` DDIM trajectory in the fused build (the image it ends in), then
     ``--loihi-calls`` calls of the per-layer graph; every call checked against PyTorch."""
     if a.lava_steps <= 0:
-        print("[5/6] Lava simulation skipped (--lava-steps 0)")
+        print("[5/7] Lava simulation skipped (--lava-steps 0)")
         return
     from sdm.neuromorphic.run import simulate
 
-    print(f"[5/6] a {a.lava_steps}-step DDIM trajectory in Lava (fused build, floating_pt, CPU), every call "
+    print(f"[5/7] a {a.lava_steps}-step DDIM trajectory in Lava (fused build, floating_pt, CPU), every call "
           "checked against PyTorch")
     rep = simulate(out / "demo.nir", out / "lava", denoise_steps=a.lava_steps, n=1, seed=a.seed, build="fused")
     _lava_lines(rep, out / "lava")
@@ -218,9 +233,41 @@ def _energy(a, model_path: Path, out: Path) -> None:
     from sdm.energy.report import energy_report, format_table, plot
     from sdm.files import write_text
 
-    print("[6/6] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
+    print("[6/7] energy per denoiser call (PyTorch hooks on a 4-step DDIM trajectory of 4 images)")
     rep = energy_report(model_path, denoise_steps=4, n=4, seed=a.seed, use_ema=not a.no_ema)
     table = format_table(rep)
     write_text(out / "energy.txt", table)
     print(table)
     print(f"wrote {out / 'energy.txt'} and {plot(rep, out / 'energy.png')}")
+
+
+def _sd_pipeline(a, out: Path) -> None:
+    """Step 7: Spiking-Diffusion to NIR, generated in Lava, priced from the Lava spikes."""
+    if not a.sd_model or a.sd_lava_samples <= 0:
+        print("[7/7] Spiking-Diffusion in Lava skipped")
+        return
+    from sdm.energy.sd_report import format_sd_table, plot_sd, sd_energy_from_checkpoint
+    from sdm.export.api import export_checkpoint
+    from sdm.files import write_text
+    from sdm.neuromorphic.sd_run import simulate_sd
+
+    n = a.sd_lava_samples
+    s = export_checkpoint(a.sd_model, out / "sd.nir", use_ema=not a.no_ema)
+    print(f"[7/7] Spiking-Diffusion: {s['path']} ({', '.join(s['parts'])} graphs, {s['bytes'] / 1e6:.2f} MB); "
+          f"{n} sample(s) with every SDID call and the decoder in Lava (fused build, floating_pt)")
+    r = simulate_sd(out / "sd.nir", out / "sd-lava", n=n, temperature=a.temperature, seed=a.seed)
+    for role, p in r["parts"].items():
+        print(f"      {role}: {p['calls']} call(s), {p['lava_processes']} Lava processes, "
+              f"{p['total_spike_mismatches']} spike mismatches against PyTorch, max output error "
+              f"{max(p['output_max_abs_err_per_call']):.1e}")
+    print(f"      tokens differing from the PyTorch generation: {r['token_mismatches_vs_pytorch']} of {r['tokens']}; "
+          f"wrote {out}/sd-lava/samples.png")
+    rep = sd_energy_from_checkpoint(a.sd_model, n=n, temperature=a.temperature, seed=a.seed,
+                                    sim_dir=str(out / "sd-lava"), use_ema=not a.no_ema)
+    write_text(out / "sd_energy.txt", format_sd_table(rep))
+    parts = rep["parts"]
+    print(f"      energy from the Lava spikes: SDID {parts['sdid']['total_pj_per_call'] / 1e6:.2f} uJ per call "
+          f"(SNN/ANN {parts['sdid']['snn_over_ann']:.2f}), decoder {parts['decoder']['total_pj_per_call'] / 1e6:.2f} "
+          f"uJ; per generated sample {rep['total_pj_per_sample'] / 1e6:.0f} uJ (ANN "
+          f"{rep['ann_pj_per_sample'] / 1e6:.0f} uJ, SNN/ANN {rep['snn_over_ann_per_sample']:.2f})")
+    print(f"      wrote {out / 'sd_energy.txt'} and {plot_sd(rep, out / 'sd_energy.png')}")

@@ -1,9 +1,10 @@
 """Writing the spiking graph IR as a NIR file and reading it back (specified in docs/nir-format.md).
 
 Standard NIR 1.0.8 nodes carry everything NIR can express: ``Input`` (image and per-block
-time-embedding currents), ``Conv2d`` (BatchNorm folded), ``IF`` (or ``LIF`` with a leak),
-``Scale`` with unit scale for a float residual stream read by a conv, and ``Output``.
-Residual streams read only by neurons are elided into fan-in edges.
+time-embedding currents), ``Conv2d`` (BatchNorm folded), ``IF`` (or ``LIF`` with a leak) and
+``Output``.  Residual streams (IR junctions) are fan-in edges: elided when only neurons read them,
+left out and recorded in the metadata (``sdm.junctions``) when they have one input, an identity 1x1
+``Conv2d`` otherwise (:class:`_FilePlan`), forms that norse, nirtorch and snnTorch all sum.
 
 What NIR lacks travels as *extension* nodes: nested ``NIRGraph`` s whose metadata key
 ``sdm.extension`` names the operation (``temporal_affine`` for TSM, ``upsample_nearest``)
@@ -13,9 +14,10 @@ convolution, so a reader that does not know the extension fails when it builds t
 instead of silently computing a different network.
 
 Host-side parameters (time-embedding MLP, block projections, tail, schedule, T) sit in the
-top-level graph metadata under ``host``.  Each node's :class:`~sdm.export.ir.Origin` (the model
-module it came from, and its channel range) travels as node metadata ``sdm.module`` /
-``sdm.channels``.
+top-level graph metadata under ``host``; such a file also holds the guard node
+``requires_sdm_host_inputs`` between its image input and that input's readers.  Each node's
+:class:`~sdm.export.ir.Origin` (the model module it came from, and its channel range) travels as
+node metadata ``sdm.module`` / ``sdm.channels``.
 
 Writing and reading are one small function per node kind, in the tables ``_WRITERS`` (IR
 type -> NIR node) and ``_READERS`` / ``_EXTENSION_READERS`` (NIR type or extension -> IR node).
@@ -24,6 +26,7 @@ type -> NIR node) and ``_READERS`` / ``_EXTENSION_READERS`` (NIR type or extensi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -86,8 +89,8 @@ def _guard_graph(in_shape, out_shape, metadata: dict):
 
 def _elidable_junctions(graph: SNNGraph) -> set[str]:
     """Junctions read only by neurons and other junctions: their sources can feed the readers
-    directly (fan-in).  Those read by a conv or by the Output stay (as unit ``Scale`` nodes);
-    readers such as nirtorch return an Output's fan-in as separate tensors instead of summing."""
+    directly (fan-in), and the reader does not need them back.  Those read by a conv, a TSM gain, an
+    upsampling or the Output are junctions of the IR the reader rebuilds (:func:`_file_plan`)."""
     keep = {s for s, d in graph.edges if isinstance(graph.nodes[s], Junction)
             and isinstance(graph.nodes[d], (Conv, TemporalAffine, Upsample, Output))}
     return {n for n, node in graph.nodes.items() if isinstance(node, Junction) and n not in keep}
@@ -108,6 +111,64 @@ def _expanded_edges(graph: SNNGraph, elide: set[str]) -> list[tuple[str, str]]:
     return edges
 
 
+HOST_GUARD = "requires_sdm_host_inputs"  # the guarded node in front of the image input's readers
+
+
+@dataclass
+class _FilePlan:
+    """How an IR graph is laid out in a file.  ``nodes``: the IR nodes the reader rebuilds, in order (the
+    elidable junctions left out); ``edges``: theirs.  In the file, a junction of them with a single input
+    (``dropped``) is left out too, its input feeding its readers, and recorded in the graph metadata
+    ``sdm.junctions`` (input, readers, edge position, origin) so that the reader puts it back exactly; a junction
+    with several inputs is an identity 1x1 ``Conv2d`` (every NIR reader sums a conv's fan-in);
+    ``file_edges`` are the file's edges, without the host guard's."""
+
+    nodes: list[str]
+    edges: list[tuple[str, str]]
+    dropped: dict[str, dict]
+    file_edges: list[tuple[str, str]]
+
+
+def _file_plan(graph: SNNGraph) -> _FilePlan:
+    elide = _elidable_junctions(graph)
+    nodes = [n for n in graph.nodes if n not in elide]
+    edges = _expanded_edges(graph, elide)
+    inputs: dict[str, list[str]] = {}
+    for s, d in edges:
+        inputs.setdefault(d, []).append(s)
+    dropped: dict[str, dict] = {}
+    for n in graph.topological_order():
+        if n in nodes and isinstance(graph.nodes[n], Junction) and len(inputs[n]) == 1:
+            dropped[n] = {"input": inputs[n][0], "readers": ",".join(d for s, d in edges if s == n),
+                          "edge": edges.index((inputs[n][0], n)),
+                          **_origin_metadata(graph.nodes[n])}
+
+    def resolve(s: str) -> str:
+        return resolve(dropped[s]["input"]) if s in dropped else s
+
+    file_edges = [(resolve(s), d) for s, d in edges if d not in dropped]
+    if len(set(file_edges)) != len(file_edges) or any("," in n for n in nodes):
+        raise GraphError("cannot write the graph: two paths join the same nodes through a single-input junction, "
+                         "or a node name holds a comma")
+    return _FilePlan(nodes, edges, dropped, file_edges)
+
+
+def _host_guard(graph: SNNGraph, edges: list[tuple[str, str]]):
+    """A graph with host-fed inputs (time-embedding currents, computed on the host from the metadata) gets
+    the guard node :data:`HOST_GUARD` between its image input and that input's readers, so that a reader
+    that does not know the host section fails on it (``groups = 0``) instead of running the graph
+    without those currents.  Returns (its input node name, the guard) or None."""
+    if graph.host is None:
+        return None
+    if HOST_GUARD in graph.nodes:
+        raise GraphError(f"node name {HOST_GUARD!r} is reserved for the host-input guard")
+    image = next(n for n in graph.of_type(AnalogInput) if n.kind == "image")
+    return image.name, _guard_graph(image.shape, image.shape, {
+        "sdm.guard": "host_inputs", "input": image.name,
+        "note": "the Input nodes of kind temb carry currents the host computes from the metadata 'host'; "
+                "read this file with sdm (docs/nir-format.md)"})
+
+
 def _host_metadata(host: HostParams) -> dict:
     sched = host.schedule
     return {
@@ -124,9 +185,16 @@ def _host_metadata(host: HostParams) -> dict:
 
 
 def file_counts(graph: SNNGraph) -> tuple[int, int]:
-    """Nodes and edges of the graph as written to a NIR file (after junction elision)."""
-    elide = _elidable_junctions(graph)
-    return len(graph.nodes) - len(elide), len(_expanded_edges(graph, elide))
+    """Nodes and edges of the NIR file of ``graph`` (after junction elision, with the host guard)."""
+    plan = _file_plan(graph)
+    guard = graph.host is not None
+    return len(plan.nodes) - len(plan.dropped) + guard, len(plan.file_edges) + guard
+
+
+def file_counts_in(path: str | os.PathLike) -> tuple[int, int]:
+    """Nodes and edges of the top-level graph of a NIR file, as stored."""
+    with h5py.File(path, "r") as f:
+        return len(f["node/nodes"]), len(f["node/edges"])
 
 
 def extensions_used(graph: SNNGraph) -> list[str]:
@@ -193,9 +261,15 @@ def _write_neurons(node: IFNeurons, meta: dict):
 
 
 def _write_junction(node: Junction, meta: dict):
+    """A junction with several inputs: an identity 1x1 convolution, which norse, nirtorch and snnTorch all
+    build and sum the fan-in of (a unit ``Scale`` was dropped by norse and unmapped in snnTorch)."""
     import nir
 
-    return nir.Scale(scale=np.ones(node.shape, dtype=np.float32), metadata={**meta, "sdm.junction": True})
+    c, h, w = node.shape
+    weight = np.zeros((c, c, 1, 1), dtype=np.float32)
+    weight[np.arange(c), np.arange(c)] = 1.0
+    return nir.Conv2d(input_shape=(h, w), weight=weight, stride=1, padding=0, dilation=1, groups=1,
+                      bias=np.zeros(c, dtype=np.float32), metadata={**meta, "sdm.junction": True})
 
 
 def _write_temporal_affine(node: TemporalAffine, meta: dict):
@@ -224,9 +298,10 @@ def to_nir(graph: SNNGraph):
     """The ``nir.NIRGraph`` of an IR graph (type-checked by NIR on construction)."""
     import nir
 
-    elide = _elidable_junctions(graph)
-    nodes = {name: _WRITERS[type(node)](node, _origin_metadata(node))
-             for name, node in graph.nodes.items() if name not in elide}
+    plan = _file_plan(graph)
+    nodes = {name: _WRITERS[type(graph.nodes[name])](graph.nodes[name], _origin_metadata(graph.nodes[name]))
+             for name in plan.nodes if name not in plan.dropped}
+    edges = plan.file_edges
     metadata = {
         "sdm.format": FORMAT, "sdm.format_version": FORMAT_VERSION,
         "sdm.extensions": ",".join(extensions_used(graph)),
@@ -234,10 +309,16 @@ def to_nir(graph: SNNGraph):
         "spike_condition": "v >= v_threshold", "reset": "hard, to v_reset",
         "input_encoding": "Input nodes hold the same current at every one of the T steps",
     }
+    if plan.dropped:
+        metadata["sdm.junctions"] = plan.dropped
+    guard = _host_guard(graph, edges)
+    if guard is not None:
+        source, nodes[HOST_GUARD] = guard
+        edges = [(source, HOST_GUARD)] + [(HOST_GUARD if s == source else s, d) for s, d in edges]
     if graph.host is not None:
         metadata["time_steps"] = graph.host.T
         metadata["host"] = _host_metadata(graph.host)
-    return nir.NIRGraph(nodes=nodes, edges=_expanded_edges(graph, elide), metadata=metadata)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
 COMPRESS_MIN_ELEMENTS = 256
@@ -454,6 +535,8 @@ def _read_output(name, n, where) -> Node:
 
 
 def _read_conv(name, n, where) -> Node:
+    if "sdm.junction" in n.metadata:
+        return _read_junction_conv(name, n, where)
     if np.any(_arr(n.dilation) != 1) or np.any(_arr(n.groups) != 1):
         raise NIRFormatError(f"{where}: only dilation 1 and groups 1 convolutions are supported")
     if n.input_shape is None:
@@ -463,6 +546,16 @@ def _read_conv(name, n, where) -> Node:
         raise NIRFormatError(f"{where}: weight must be a (C_out, C_in, kH, kW) array, got shape {list(weight.shape)}")
     return Conv(name, weight, _arr(n.bias), _pad(n.stride, where, "stride"), _pad(n.padding, where, "padding"),
                 (weight.shape[1], *_ints(n.input_shape, "input_shape")))
+
+
+def _read_junction_conv(name, n, where) -> Node:
+    """A junction written as an identity 1x1 convolution (:func:`_write_junction`)."""
+    weight, bias = _arr(n.weight), _arr(n.bias)
+    c = weight.shape[0] if weight.ndim == 4 else 0
+    if weight.shape != (c, c, 1, 1) or np.any(weight[:, :, 0, 0] != np.eye(c)) or np.any(bias != 0) \
+            or n.input_shape is None or np.any(_arr(n.stride) != 1) or np.any(_arr(n.padding) != 0):
+        raise NIRFormatError(f"{where}: a junction (sdm.junction) must be an identity 1x1 Conv2d with zero bias")
+    return Junction(name, (c, *_ints(n.input_shape, "input_shape")))
 
 
 def _read_if(name, n, where) -> Node:
@@ -623,6 +716,70 @@ def _check_version(meta: dict, path: Path, require_host: bool) -> None:
                              "sdm export-nir has one); the file is damaged or from another writer")
 
 
+def _unguarded(ng, path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The file's node names and edges without the host guard (:func:`_host_guard`): its input feeds its
+    readers again, in the same place of the edge list."""
+    edges = [(_text(s), _text(d)) for s, d in ng.edges]
+    guard = ng.nodes.get(HOST_GUARD)
+    if guard is None or "sdm.format" not in ng.metadata:
+        return list(ng.nodes), edges
+    meta = getattr(guard, "metadata", {})
+    source = _text(meta.get("input", ""))
+    if _text(meta.get("sdm.guard", "")) != "host_inputs" or source not in ng.nodes or (source, HOST_GUARD) not in edges:
+        raise NIRFormatError(f"{path}: node {HOST_GUARD!r}: malformed host-input guard")
+    edges = [(source if s == HOST_GUARD else s, d) for s, d in edges if (s, d) != (source, HOST_GUARD)]
+    return [n for n in ng.nodes if n != HOST_GUARD], edges
+
+
+def _junction_records(records, path: Path) -> dict[str, tuple[str, list[str], int, dict]]:
+    """The ``sdm.junctions`` metadata: junction -> (input, readers, edge position, metadata)."""
+    where = f"{path}: sdm.junctions"
+    if not isinstance(records, dict):
+        raise NIRFormatError(f"{where} must be a group of junction records")
+    out = {}
+    for j, r in records.items():
+        what = f"junction {j!r}"
+        try:
+            out[j] = (_text(_get(r, "input", what)), _text(_get(r, "readers", what)).split(","),
+                      _int(_get(r, "edge", what), f"{what} edge"), r)
+        except GraphError as e:
+            raise NIRFormatError(f"{where}: {e}") from None
+    return out
+
+
+def _restore_junctions(nodes: dict[str, Node], edges: list[tuple[str, str]], records, path: Path):
+    """Put back the single-input junctions the writer left out of the file (:class:`_FilePlan`): each one's
+    input feeds it, it feeds its readers, its input edge at the position recorded; as a node it goes where
+    ``nir.read`` would have put it (HDF5 lists a group's members by name)."""
+    if records is None:
+        return nodes, edges
+    rec = _junction_records(records, path)
+
+    def resolve(j: str, depth: int = 0) -> str:
+        if depth > len(rec):
+            raise NIRFormatError(f"{path}: sdm.junctions: junction {j!r}: its inputs form a cycle")
+        return resolve(rec[j][0], depth + 1) if j in rec else j
+
+    owner = {}
+    for j, (inp, readers, _, _) in rec.items():
+        bad = [n for n in (inp, *readers) if n not in nodes and n not in rec]
+        if j in nodes or bad:
+            raise NIRFormatError(f"{path}: sdm.junctions: junction {j!r} " +
+                                 (f"names unknown node {bad[0]!r}" if bad else "is also a node of the file"))
+        owner.update({(resolve(j), d): j for d in readers if d not in rec})
+    missing = sorted(set(owner) - set(edges))
+    if missing:
+        raise NIRFormatError(f"{path}: sdm.junctions: junction {owner[missing[0]]!r}: the file has no edge "
+                             f"{missing[0][0]} -> {missing[0][1]}")
+    edges = [(owner.get(e, e[0]), e[1]) for e in edges]
+    for j, (inp, _, k, _) in sorted(rec.items(), key=lambda kv: kv[1][2]):
+        edges.insert(k, (inp, j))
+    order = list(nodes)
+    order = sorted(order + list(rec)) if order == sorted(order) else order + list(rec)
+    return {n: nodes[n] if n in nodes else Junction(n, nodes[resolve(n)].shape, origin=_origin(rec[n][3]))
+            for n in order}, edges
+
+
 def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
     """Read a NIR file of the supported node types into the IR, validated before anything runs.
 
@@ -635,11 +792,13 @@ def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
     ng = _load_nir(path)
     meta = ng.metadata
     _check_version(meta, path, require_host)
-    nodes = {name: _node_from_nir(name, n, path) for name, n in ng.nodes.items()}
+    names, edges = _unguarded(ng, path)
+    nodes = {name: _node_from_nir(name, ng.nodes[name], path) for name in names}
     _legacy_origins(nodes)
     try:
+        nodes, edges = _restore_junctions(nodes, edges, meta.get("sdm.junctions"), path)
         host = _host_from_metadata(meta) if "host" in meta else None
-        return SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
+        return SNNGraph(nodes, edges, host)
     except NIRFormatError:
         raise
     except SDMError as e:

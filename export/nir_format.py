@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -456,12 +457,23 @@ def _load_nir(path: Path):
         raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
                              f"{_one_line(e, 120)})") from None
     except Exception as e:  # a node NIR cannot build from the file's fields, or a graph whose types disagree
+        if not _written_by_sdm(path):  # other tools' types (batch dims, scalar parameters): our shape pass checks
+            try:
+                return nir.read(path, type_check=False)
+            except Exception:
+                pass
         try:
             node = _failing_node(path)
         except Exception:
             node = None
         raise NIRFormatError(f"{path}: {node}" if node else
                              f"{path}: inconsistent NIR graph ({_one_line(e)})") from None
+
+
+def _written_by_sdm(path: Path) -> bool:
+    with h5py.File(path, "r") as f:
+        meta = f.get("node/metadata")
+        return isinstance(meta, h5py.Group) and "sdm.format" in meta
 
 
 def _arr(x) -> np.ndarray:
@@ -558,24 +570,148 @@ def _read_junction_conv(name, n, where) -> Node:
     return Junction(name, (c, *_ints(n.input_shape, "input_shape")))
 
 
-def _read_if(name, n, where) -> Node:
-    if not np.allclose(n.r, 1.0) or (n.v_reset is not None and np.any(_arr(n.v_reset) != 0)):
-        raise NIRFormatError(f"{where}: IF with r != 1 or v_reset != 0 is not supported")
-    return IFNeurons(name, _arr(n.v_threshold))
+def _neuron_array(v, shape, what: str) -> np.ndarray:
+    """A neuron parameter as a full (C, H, W) array: per neuron, per channel (C,) or one value."""
+    a = np.asarray(v, dtype=np.float64) if not isinstance(v, np.ndarray) else v
+    if a.size == int(np.prod(shape)):
+        return a.reshape(shape)
+    if a.size == 1:
+        return np.full(shape, a.reshape(()), dtype=a.dtype)
+    if a.size == shape[0]:
+        return np.broadcast_to(a.reshape(-1, 1, 1), shape).copy()
+    raise GraphError(f"{what} has shape {list(a.shape)}, which does not fit the neurons' shape {list(shape)}")
 
 
-def _read_lif(name, n, where) -> Node:
-    tau = _arr(n.tau)
-    if np.any(_arr(n.v_leak) != 0) or np.any(_arr(n.v_reset) != 0) or not np.allclose(n.r, tau) \
-            or not np.all(tau == tau.flat[0]) or not tau.flat[0] >= 1:
-        raise NIRFormatError(f"{where}: only LIF with r = tau >= 1 (uniform), v_leak = 0, v_reset = 0 is supported")
-    return IFNeurons(name, _arr(n.v_threshold), NeuronParams(decay=float(1.0 - 1.0 / tau.flat[0])))
+def _neuron_shape(n) -> tuple[int, int, int]:
+    """The neurons' (C, H, W): the type the shape pass set (foreign graphs), else the threshold's."""
+    t = n.input_type.get("input") if isinstance(n.input_type, dict) else None
+    shape = tuple(int(v) for v in np.atleast_1d(t)) if t is not None and np.size(t) == 3 else None
+    return shape or tuple(np.asarray(n.v_threshold).shape)
+
+
+def _snap(x: float) -> float:
+    """1 when ``x`` is 1 up to float32 rounding (snnTorch writes r = tau/dt in float32)."""
+    return 1.0 if abs(x - 1.0) <= 1e-6 else x
+
+
+def _uniform(a: np.ndarray, what: str) -> float:
+    if not np.all(a == a.flat[0]):
+        raise GraphError(f"{what} must be the same for every neuron of the group (one Lava LIF process)")
+    return float(a.flat[0])
+
+
+def _zero_reset_leak(n, shape, kind: str) -> None:
+    for field in ("v_reset", "v_leak"):
+        v = getattr(n, field, None)
+        if v is not None and np.any(_neuron_array(v, shape, field) != 0):
+            raise GraphError(f"{kind} with {field} != 0 is not supported (neurons reset to 0 and leak to 0)")
+
+
+def _read_if(name, n, where, dt: float = 1.0) -> Node:
+    """``v[n] = v[n-1] + r u[n]``: NIR's ``dv/dt = R I`` one step at a time (every NIR reader ignores dt for
+    IF); ``r`` uniform in (0, 1]."""
+    shape = _neuron_shape(n)
+    _zero_reset_leak(n, shape, "IF")
+    r = _snap(_uniform(_neuron_array(n.r, shape, "r"), "IF r"))
+    if not 0 < r <= 1:
+        raise GraphError(f"IF with r = {r:g} is not supported (r must be in (0, 1])")
+    return IFNeurons(name, _neuron_array(n.v_threshold, shape, "v_threshold"), NeuronParams(input_scale=r))
+
+
+def _lif_params(tau: float, r: float, dt: float, kind: str) -> NeuronParams:
+    """NIR's ``tau dv/dt = (v_leak - v) + r I`` by forward Euler with step ``dt``:
+    ``v[n] = (1 - dt/tau) v[n-1] + (r dt/tau) u[n]``."""
+    decay, scale = 1.0 - dt / tau, _snap(r * dt / tau)
+    if not (0 < decay <= 1 and 0 < scale <= 1):
+        raise GraphError(f"{kind} with tau = {tau:g}, r = {r:g} at dt = {dt:g} gives decay 1 - dt/tau = {decay:g} "
+                         f"and input scale r*dt/tau = {scale:g}; both must be in (0, 1] (give the file's time step "
+                         "with --dt: snnTorch writes dt = 1e-4)")
+    return NeuronParams(decay=decay, input_scale=scale)
+
+
+def _read_lif(name, n, where, dt: float = 1.0) -> Node:
+    shape = _neuron_shape(n)
+    _zero_reset_leak(n, shape, "LIF")
+    tau = _uniform(_neuron_array(n.tau, shape, "tau"), "LIF tau")
+    r = _uniform(_neuron_array(n.r, shape, "r"), "LIF r")
+    return IFNeurons(name, _neuron_array(n.v_threshold, shape, "v_threshold"), _lif_params(tau, r, dt, "LIF"))
+
+
+def _read_cuba_lif(name, n, where, dt: float = 1.0) -> Node:
+    """A CubaLIF without synaptic memory (``tau_syn = dt``: the current is ``w_in`` times the input) is an
+    LIF with ``r * w_in``; with ``tau_syn != dt`` its current decays, which the IR's neuron has no state for."""
+    shape = _neuron_shape(n)
+    _zero_reset_leak(n, shape, "CubaLIF")
+    tau_syn = _uniform(_neuron_array(n.tau_syn, shape, "tau_syn"), "CubaLIF tau_syn")
+    if abs(tau_syn - dt) > 1e-6 * dt:
+        raise GraphError(f"CubaLIF with tau_syn = {tau_syn:g} != dt = {dt:g} (a decaying synaptic current) has no "
+                         "sdm mapping; only tau_syn = dt (no synaptic memory) maps, to LIF")
+    tau = _uniform(_neuron_array(n.tau_mem, shape, "tau_mem"), "CubaLIF tau_mem")
+    r = _uniform(_neuron_array(n.r, shape, "r") * _neuron_array(n.w_in, shape, "w_in"), "CubaLIF r * w_in")
+    return IFNeurons(name, _neuron_array(n.v_threshold, shape, "v_threshold"), _lif_params(tau, r, dt, "CubaLIF"))
+
+
+def _io_or(n, default) -> tuple[int, int, int]:
+    """The (C, H, W) input type the shape pass set on a foreign node; ``default`` for sdm's own nodes."""
+    t = n.input_type.get("input") if isinstance(n.input_type, dict) else None
+    return tuple(int(v) for v in np.atleast_1d(t)) if t is not None and np.size(t) == 3 else default
+
+
+def _diagonal_conv(name, gain: np.ndarray, shape, kernel=(1, 1), stride: int = 1, padding: int = 0) -> Conv:
+    """A conv that maps each channel to itself, ``gain[c]`` on every tap of a ``kernel`` window (pools, scales)."""
+    c = shape[0]
+    weight = np.zeros((c, c, *kernel), dtype=np.float64)
+    weight[np.arange(c), np.arange(c)] = np.asarray(gain, dtype=np.float64).reshape(c, 1, 1)
+    return Conv(name, weight, np.zeros(c), stride, padding, shape)
 
 
 def _read_scale(name, n, where) -> Node:
-    if not np.all(_arr(n.scale) == 1):
-        raise NIRFormatError(f"{where}: only unit Scale (residual junction) nodes are supported")
-    return Junction(name, tuple(int(v) for v in _arr(n.scale).shape))
+    """A unit Scale is a junction (sdm's earlier files, and other tools' identities); a per-channel scale is
+    a diagonal 1x1 conv."""
+    shape = _io_or(n, tuple(int(v) for v in _arr(n.scale).shape))
+    scale = _neuron_array(n.scale, shape, "scale")
+    if np.all(scale == 1):
+        return Junction(name, shape)
+    if not np.all(scale == scale[:, :1, :1]):
+        raise NIRFormatError(f"{where}: only a Scale that is constant over H and W (one value per channel) is "
+                             "supported")
+    return _diagonal_conv(name, scale[:, 0, 0], shape)
+
+
+def _read_affine(name, n, where) -> Node:
+    """``W x + b`` on the (C, H, W) input (flattened in C, H, W order): a conv whose kernel covers the input,
+    output (C_out, 1, 1).  ``Linear``: no bias."""
+    weight = _arr(n.weight)
+    shape = _io_or(n, (weight.shape[1], 1, 1) if weight.ndim == 2 else (0, 0, 0))
+    if weight.ndim != 2 or weight.shape[1] != int(np.prod(shape)):
+        raise NIRFormatError(f"{where}: weight {list(weight.shape)} does not fit the input {list(shape)}")
+    bias = _arr(n.bias) if hasattr(n, "bias") else np.zeros(weight.shape[0], dtype=weight.dtype)
+    return Conv(name, weight.reshape(weight.shape[0], *shape), bias, 1, 0, shape)
+
+
+def _read_pool(name, n, where) -> Node:
+    """SumPool2d / AvgPool2d: a diagonal conv with a window of ones (or of ``1 / window size``)."""
+    import nir
+
+    from .nir_foreign import padding_pairs
+
+    shape = _io_or(n, None)
+    kernel = tuple(int(v) for v in np.broadcast_to(_arr(n.kernel_size), (2,)))
+    stride = _pad(n.stride, where, "stride")
+    padding = _pad(padding_pairs(n.padding, kernel, (stride, stride), where), where, "padding")
+    gain = 1.0 / (kernel[0] * kernel[1]) if isinstance(n, nir.AvgPool2d) else 1.0
+    return _diagonal_conv(name, np.full(shape[0], gain), shape, kernel, stride, padding)
+
+
+def _read_conv1d(name, n, where) -> Node:
+    """Conv1d on (C, L) is a conv with a (1, k) kernel on (C, 1, L); the IR pads both axes alike, so only
+    padding 0 maps."""
+    weight = _arr(n.weight)
+    if weight.ndim != 3 or np.any(_arr(n.dilation) != 1) or np.any(_arr(n.groups) != 1) \
+            or np.any(_arr(n.padding) != 0):
+        raise NIRFormatError(f"{where}: only Conv1d with padding 0, dilation 1 and groups 1 is supported")
+    shape = _io_or(n, (weight.shape[1], 1, int(np.asarray(n.input_shape))))
+    return Conv(name, weight[:, :, None, :], _arr(n.bias), _pad(n.stride, where, "stride"), 0, shape)
 
 
 # one reader per sdm extension: (name, metadata, body input shape, body output shape, where) -> IR node;
@@ -624,18 +760,33 @@ def _read_extension(name, n, where) -> Node:
                                    _io_shape(inner_out[0].output_type, "output"), where)
 
 
-def _readers() -> dict:
+def _readers(dt: float) -> dict:
     import nir
 
+    timed = {nir.IF: _read_if, nir.LIF: _read_lif, nir.CubaLIF: _read_cuba_lif}
     return {nir.NIRGraph: _read_extension, nir.Input: _read_input, nir.Output: _read_output, nir.Conv2d: _read_conv,
-            nir.IF: _read_if, nir.LIF: _read_lif, nir.Scale: _read_scale}
+            nir.Scale: _read_scale, nir.Affine: _read_affine, nir.Linear: _read_affine, nir.SumPool2d: _read_pool,
+            nir.AvgPool2d: _read_pool, nir.Conv1d: _read_conv1d,
+            **{t: partial(f, dt=dt) for t, f in timed.items()}}
 
 
-def _node_from_nir(name: str, n, path: Path) -> Node:
+# NIR node types with no IR equivalent, and why (one line each)
+REFUSED = {
+    "LI": "a leaky integrator without spikes (an analog state) has no IR node",
+    "CubaLI": "a leaky integrator without spikes (an analog state) has no IR node",
+    "I": "an integrator without spikes (an analog state) has no IR node",
+    "Delay": "edges have no delays in the IR (every node passes its value on within the step)",
+    "Threshold": "a stateless threshold has no IR node (IR neurons keep their membrane)",
+    "Flatten": "Flatten is supported only in front of Affine / Linear nodes",
+}
+
+
+def _node_from_nir(name: str, n, path, dt: float = 1.0) -> Node:
     where = f"{path}: node {name!r}"
-    reader = _readers().get(type(n))
+    reader = _readers(dt).get(type(n))
     if reader is None:
-        raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} is not supported by sdm")
+        why = REFUSED.get(type(n).__name__, "it is not supported by sdm")
+        raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} has no sdm mapping: {why}")
     try:
         node = reader(name, n, where)
         node.origin = _origin(n.metadata)
@@ -780,20 +931,78 @@ def _restore_junctions(nodes: dict[str, Node], edges: list[tuple[str, str]], rec
             for n in order}, edges
 
 
-def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
-    """Read a NIR file of the supported node types into the IR, validated before anything runs.
+def _time_step(meta: dict, dt, where) -> float:
+    """The NIR time unit of one step: the file's metadata ``dt`` if it has one, else ``dt`` (default 1)."""
+    given = None
+    if dt is not None:
+        if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not np.isfinite(dt) or not dt > 0:
+            raise NIRFormatError(f"{where}: dt must be a positive number, got {dt!r}")
+        given = float(dt)
+    if "dt" not in meta:
+        return 1.0 if given is None else given
+    try:
+        step = _float(meta["dt"], "the graph metadata dt")
+    except GraphError as e:
+        raise NIRFormatError(f"{where}: {e}") from None
+    if not (np.isfinite(step) and step > 0):
+        raise NIRFormatError(f"{where}: the graph metadata dt must be a positive number, got {step!r}")
+    if given is not None and given != step:
+        raise NIRFormatError(f"{where}: the file's metadata says dt = {step:g}, but dt = {given:g} was given")
+    return step
 
-    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
-    ``require_host=False`` plain spiking networks (from this or another tool) load too.  Every
-    problem is a one-line :class:`NIRFormatError` naming the file and the node or field: field
-    types in the HDF5 layout, the nodes' own checks (shapes, finite values, parameters), the host
-    records and :meth:`SNNGraph.validate` (edges, shapes, host against graph)."""
-    path = Path(path)
-    ng = _load_nir(path)
+
+def _unique(name: str, taken) -> str:
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    return out
+
+
+def _with_junctions(nodes: dict[str, Node], edges: list[tuple[str, str]]):
+    """What the Lava builder needs of a foreign graph, put in as junctions (sums of one input, exact): one in
+    front of the Output, and one after every conv that a conv, a TSM gain or an upsampling reads (a conv's
+    bias is added by the node it feeds)."""
+    nodes, edges = dict(nodes), list(edges)
+    fed = [s for s in nodes if isinstance(nodes[s], Conv) and any(
+        isinstance(nodes[d], (Conv, TemporalAffine, Upsample)) for x, d in edges if x == s)]
+    for c in fed:
+        j = _unique(f"{c}.out", nodes)
+        nodes[j] = Junction(j, nodes[c].shape)
+        edges = [(j if s == c else s, d) for s, d in edges] + [(c, j)]
+    for o in [n for n, v in nodes.items() if isinstance(v, Output)]:
+        preds = [s for s, d in edges if d == o]
+        if len(preds) == 1 and isinstance(nodes[preds[0]], Junction):
+            continue
+        j = _unique(f"{o}.in", nodes)
+        nodes[j] = Junction(j, nodes[o].shape)
+        edges = [(s, j if d == o else d) for s, d in edges] + [(j, o)]
+    return nodes, edges
+
+
+def _foreign_nodes(ng, where, dt: float):
+    """IR nodes and edges of a graph another tool wrote (:mod:`.nir_foreign` first)."""
+    from .nir_foreign import canonical
+
+    try:
+        nir_nodes, edges = canonical(ng)
+    except GraphError as e:
+        raise NIRFormatError(f"{where}: {_one_line(e, 300)}") from None
+    nodes = {name: _node_from_nir(name, n, where, dt) for name, n in nir_nodes.items()}
+    try:
+        return _with_junctions(nodes, edges)
+    except SDMError as e:
+        raise NIRFormatError(f"{where}: {_one_line(e, 300)}") from None
+
+
+def _graph_from_nir(ng, path, require_host: bool, dt) -> SNNGraph:
     meta = ng.metadata
     _check_version(meta, path, require_host)
-    names, edges = _unguarded(ng, path)
-    nodes = {name: _node_from_nir(name, ng.nodes[name], path) for name in names}
+    step = _time_step(meta, dt, path)
+    if "sdm.format" in meta:
+        names, edges = _unguarded(ng, path)
+        nodes = {name: _node_from_nir(name, ng.nodes[name], path, step) for name in names}
+    else:
+        nodes, edges = _foreign_nodes(ng, path, step)
     _legacy_origins(nodes)
     try:
         nodes, edges = _restore_junctions(nodes, edges, meta.get("sdm.junctions"), path)
@@ -805,3 +1014,25 @@ def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
         raise NIRFormatError(f"{path}: {_one_line(e, 300)}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise NIRFormatError(f"{path}: malformed host-side metadata ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def read_nir(path: str | os.PathLike, require_host: bool = True, dt: float | None = None) -> SNNGraph:
+    """Read a NIR file of the supported node types into the IR, validated before anything runs.
+
+    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
+    ``require_host=False`` plain spiking networks (from this or another tool) load too.  Files of other
+    tools go through :func:`~sdm.export.nir_foreign.canonical` (batch dimensions, scalar parameters,
+    subgraphs, Flatten); ``dt`` is the NIR time of one step when the file does not say (metadata ``dt``;
+    default 1): continuous-time LIF parameters are discretised with it (docs/nir-format.md §11).  Every
+    problem is a one-line :class:`NIRFormatError` naming the file and the node or field: field
+    types in the HDF5 layout, the nodes' own checks (shapes, finite values, parameters), the host
+    records and :meth:`SNNGraph.validate` (edges, shapes, host against graph)."""
+    path = Path(path)
+    return _graph_from_nir(_load_nir(path), path, require_host, dt)
+
+
+def graph_from_nir(ng, dt: float | None = None, name: str = "<NIR graph>") -> SNNGraph:
+    """The IR of an in-memory ``nir.NIRGraph``, read as :func:`read_nir` reads a file (no host section
+    required): for graphs an exporter returns that ``nir.write`` cannot store (norse's ``to_nir`` of a
+    conv network: torch tensors, no ``input_shape``).  Errors name ``name`` where a file's would name it."""
+    return _graph_from_nir(ng, name, False, dt)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdm.export.execute import GraphModule
-from sdm.export.ir import Junction
+from sdm.export.ir import Conv, IFNeurons, Junction
 from sdm.export.lower import lower_unet
 from sdm.export.nir_format import (
     HOST_GUARD,
@@ -18,6 +18,7 @@ from sdm.export.nir_format import (
     _expanded_edges,
     file_counts,
     file_counts_in,
+    graph_from_nir,
     read_nir,
     to_nir,
     write_nir,
@@ -182,3 +183,175 @@ def test_damaged_junction_records_are_one_line_errors(tmp_path, residual, edit, 
     with pytest.raises(NIRFormatError, match=words) as err:
         read_nir(tmp_path / "bad.nir", require_host=False)
     assert str(tmp_path / "bad.nir") in str(err.value) and "\n" not in str(err.value)
+
+
+# ----- files other tools wrote, read by us ------------------------------------------------------
+def _snntorch_net():
+    """A convolutional snnTorch network as snnTorch's exporter handles it: per-neuron beta and threshold
+    tensors (its exporter fails on scalars) and the zero reset, NIR's LIF reset."""
+    import snntorch as snn
+
+    def leaky(shape, beta, out=False):
+        return snn.Leaky(beta=torch.full(shape, beta), threshold=torch.full(shape, 1.0), init_hidden=True,
+                         reset_mechanism="zero", output=out)
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), leaky((6, 8, 8), 0.9),
+                              torch.nn.Conv2d(6, 8, 3, stride=2, padding=1), leaky((8, 4, 4), 0.8),
+                              torch.nn.Flatten(), torch.nn.Linear(128, 10), leaky((10,), 0.95, out=True))
+    with torch.no_grad():
+        for m in net:
+            if hasattr(m, "weight"):
+                m.weight.mul_(3.0)
+    return net
+
+
+def snntorch_run(net, x: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+    """snnTorch's own simulation: the spikes [steps, B, ...] of every Leaky layer (by module name)."""
+    import snntorch as snn
+    from snntorch import utils
+
+    spikes: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: spikes.setdefault(name, []).append(
+        o[0] if isinstance(o, tuple) else o)) for name, m in net.named_modules() if isinstance(m, snn.Leaky)]
+    utils.reset(net)
+    with torch.no_grad():
+        for _ in range(steps):
+            net(x)
+    for h in hooks:
+        h.remove()
+    return {k: torch.stack(v) for k, v in spikes.items()}
+
+
+def snntorch_file(path):
+    """A file written by snnTorch's exporter (and nir.write): LIF(tau = dt/(1-beta), r = tau/dt), dt = 1e-4."""
+    from snntorch.export_nir import export_to_nir
+
+    net = _snntorch_net()
+    nir.write(path, export_to_nir(net, torch.zeros(1, 1, 8, 8), ignore_dims=[0]))
+    return net
+
+
+def _assert_same_spikes(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> None:
+    assert set(theirs) == set(ours)
+    for name, s in theirs.items():
+        mine = ours[name].reshape(s.shape)
+        assert int((s != mine).sum()) == 0, name
+        assert 0 < int(s.sum()) < s.numel(), name
+
+
+def test_snntorch_file_reads_with_its_time_step(tmp_path):
+    path = tmp_path / "snntorch.nir"
+    net = snntorch_file(path)
+    lif = nir.read(path).nodes["1"]
+    assert np.allclose(lif.tau, 1e-3) and np.allclose(lif.r, 10)  # snnTorch's convention for beta = 0.9
+    with pytest.raises(NIRFormatError, match=r"node '1': LIF with tau = 0\.001.*--dt"):
+        read_nir(path, require_host=False)  # dt = 1 makes no discrete neuron of it: one line, naming the node
+    graph = read_nir(path, require_host=False, dt=1e-4)
+    assert [round(graph.nodes[n].decay, 6) for n in ("1", "3", "6")] == [0.9, 0.8, 0.95]
+    assert all(graph.nodes[n].params.input_scale == 1.0 for n in ("1", "3", "6"))  # r dt / tau, float32-rounded
+    assert graph.nodes["5"].weight.shape == (10, 8, 4, 4)  # Flatten + Affine: one conv over the whole input
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = GraphModule(graph, T=T)
+    ours.record = True
+    ours.run({"input": x})
+    _assert_same_spikes(snntorch_run(net, x, T), ours.spikes)
+
+
+def _norse_lif(tau: float, v_th: float):
+    import norse.torch as norse
+
+    return norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(1.0 / tau), v_th=torch.tensor(v_th)),
+                            dt=1.0)
+
+
+def norse_dense_file(path):
+    """A norse network of Linear layers, exported by norse (dt = 1) and written by ``nir.write``: 0-d
+    parameters and a batch dimension on Input and Output (uncompressed: HDF5 refuses to compress
+    0-d datasets)."""
+    import norse.torch as norse
+
+    torch.manual_seed(4)
+    net = norse.SequentialState(torch.nn.Linear(16, 12), _norse_lif(4.0, 0.3), torch.nn.Linear(12, 6),
+                                norse.IAFCell(norse.IAFParameters(v_th=torch.tensor(0.4))))
+    ng = norse.to_nir(net, torch.zeros(1, 16), dt=1.0)
+    assert np.asarray(ng.nodes["1"].tau).shape == () and list(ng.nodes["input"].input_type["input"]) == [1, 16]
+    nir.write(path, ng, compression=None)
+    return net
+
+
+def norse_run(net, x: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+    """norse's own simulation of ``net``: the spikes [steps, B, ...] of its LIFBox and IAF cells."""
+    import norse.torch as norse
+
+    spikes: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: spikes.setdefault(name, []).append(o[0]))
+             for name, m in net.named_modules() if isinstance(m, (norse.LIFBoxCell, norse.IAFCell))]
+    state = None
+    with torch.no_grad():
+        for _ in range(steps):
+            _, state = net(x, state)
+    for h in hooks:
+        h.remove()
+    return {k: torch.stack(v) for k, v in spikes.items()}
+
+
+def test_norse_file_and_graph_read(tmp_path):
+    """norse's LIFBox (v += dt/tau (u - v), r = 1) is NIR's LIF: decay 1 - dt/tau and input scale dt/tau."""
+    import norse.torch as norse
+
+    net = norse_dense_file(tmp_path / "norse.nir")
+    graph = read_nir(tmp_path / "norse.nir", require_host=False)
+    assert (graph.nodes["1"].decay, graph.nodes["1"].params.input_scale) == (0.75, 0.25)
+    assert graph.nodes["input"].shape == (16, 1, 1)  # batch dimension dropped, 1-D as (N, 1, 1)
+    x = torch.rand(3, 16, generator=torch.Generator().manual_seed(5)) * 2
+    ours = GraphModule(graph, T=T)
+    ours.record = True
+    ours.run({"input": x.reshape(3, 16, 1, 1)})
+    _assert_same_spikes(norse_run(net, x, T), ours.spikes)
+    # a conv network: nir.write cannot store norse's graph (Conv2d input_shape None), the API reads it
+    torch.manual_seed(6)
+    conv = norse.SequentialState(torch.nn.Conv2d(1, 6, 3, padding=1), _norse_lif(4.0, 0.3),
+                                 torch.nn.Conv2d(6, 8, 3, stride=2),
+                                 norse.IAFCell(norse.IAFParameters(v_th=torch.tensor(0.5))))
+    graph = graph_from_nir(norse.to_nir(conv, torch.zeros(1, 1, 8, 8), dt=1.0))
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(7)) * 2
+    ours = GraphModule(graph, T=T)
+    ours.record = True
+    ours.run({"input": x})
+    _assert_same_spikes(norse_run(conv, x, T), ours.spikes)
+
+
+def _plain(nodes: dict, edges: list, **meta):
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
+
+
+def test_standard_nodes_map_or_are_refused_in_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
+    one = np.ones((4, 6, 6), dtype=np.float32)
+    sub = nir.NIRGraph(nodes={"i": nir.Input(np.array([4, 6, 6])), "n": nir.IF(r=one, v_threshold=one),
+                              "o": nir.Output(np.array([4, 6, 6]))}, edges=[("i", "n"), ("n", "o")])
+    nodes = {"in": nir.Input(np.array([2, 6, 6])),
+             "c": nir.Conv2d(None, w, 1, "same", 1, 1, np.zeros(4, dtype=np.float32)),
+             "sub": sub, "pool": nir.SumPool2d(np.array([2, 2]), np.array([2, 2]), np.array([0, 0])),
+             "s": nir.Scale(np.array([1.0, 2.0, 3.0, 4.0])), "out": nir.Output(np.array([4, 3, 3]))}
+    g = graph_from_nir(_plain(nodes, [("in", "c"), ("c", "sub"), ("sub", "pool"), ("pool", "s"), ("s", "out")]))
+    assert isinstance(g.nodes["sub.n"], IFNeurons) and g.nodes["c"].padding == 1  # subgraph inlined, 'same'
+    assert isinstance(g.nodes["pool"], Conv) and isinstance(g.nodes["s"], Conv)  # window of ones, diagonal
+    assert g.predecessors("s") == ["pool.out"] and g.predecessors("out") == ["out.in"]  # junctions for Lava
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64) * 3
+    y = GraphModule(g, T=1, dtype=torch.float64).run({"in": x})[0]
+    s = (torch.nn.functional.conv2d(x, torch.from_numpy(w).double(), padding=1) >= 1).double()
+    want = torch.nn.functional.avg_pool2d(s, 2) * 4 * torch.arange(1.0, 5.0).view(1, 4, 1, 1).double()
+    torch.testing.assert_close(y, want)
+    for kind, node in [("LI", nir.LI(one, one, 0 * one)), ("Delay", nir.Delay(one)), ("I", nir.I(one)),
+                       ("Threshold", nir.Threshold(one)),
+                       ("CubaLIF", nir.CubaLIF(tau_syn=2 * one, tau_mem=4 * one, r=one, v_leak=0 * one,
+                                               v_threshold=one))]:
+        graph = _plain({"in": nir.Input(np.array([2, 6, 6])), "c": nir.Conv2d((6, 6), w, 1, 1, 1, 1, np.zeros(4)),
+                        "x": node, "out": nir.Output(np.array([4, 6, 6]))}, [("in", "c"), ("c", "x"), ("x", "out")])
+        nir.write(tmp_path / "g.nir", graph)
+        with pytest.raises(NIRFormatError, match=f"node 'x': .*{kind}") as err:
+            read_nir(tmp_path / "g.nir", require_host=False)
+        assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)

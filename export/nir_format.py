@@ -459,7 +459,7 @@ def _load_nir(path: Path):
     except Exception as e:  # a node NIR cannot build from the file's fields, or a graph whose types disagree
         if not _written_by_sdm(path):  # other tools' types (batch dims, scalar parameters): our shape pass checks
             try:
-                return nir.read(path, type_check=False)
+                return _read_untyped(path)
             except Exception:
                 pass
         try:
@@ -468,6 +468,23 @@ def _load_nir(path: Path):
             node = None
         raise NIRFormatError(f"{path}: {node}" if node else
                              f"{path}: inconsistent NIR graph ({_one_line(e)})") from None
+
+
+def _read_untyped(path: Path):
+    """``nir.read(path, type_check=False)``, nested graphs included (NIR checks those regardless)."""
+    import nir
+    from nir.serialization import hdf2dict
+
+    def untyped(d: dict) -> None:
+        if _text(d.get("type", "")) == "NIRGraph":
+            d["type_check"] = False
+            for sub in d.get("nodes", {}).values():
+                untyped(sub)
+
+    with h5py.File(path, "r") as f:
+        d = hdf2dict(f["node"])
+    untyped(d)
+    return nir.dict2NIRNode(d)
 
 
 def _written_by_sdm(path: Path) -> bool:
@@ -607,7 +624,14 @@ def _zero_reset_leak(n, shape, kind: str) -> None:
             raise GraphError(f"{kind} with {field} != 0 is not supported (neurons reset to 0 and leak to 0)")
 
 
-def _read_if(name, n, where, dt: float = 1.0) -> Node:
+def _threshold(n, shape, strict: bool) -> np.ndarray:
+    """The neurons' thresholds; ``strict`` (other tools' files, NIR's rule ``v > v_threshold``): the next
+    float64 above each, so that the IR's ``h >= threshold`` fires exactly when ``h > v_threshold``."""
+    th = _neuron_array(n.v_threshold, shape, "v_threshold")
+    return np.nextafter(th.astype(np.float64), np.inf) if strict else th
+
+
+def _read_if(name, n, where, dt: float = 1.0, strict: bool = False) -> Node:
     """``v[n] = v[n-1] + r u[n]``: NIR's ``dv/dt = R I`` one step at a time (every NIR reader ignores dt for
     IF); ``r`` uniform in (0, 1]."""
     shape = _neuron_shape(n)
@@ -615,7 +639,7 @@ def _read_if(name, n, where, dt: float = 1.0) -> Node:
     r = _snap(_uniform(_neuron_array(n.r, shape, "r"), "IF r"))
     if not 0 < r <= 1:
         raise GraphError(f"IF with r = {r:g} is not supported (r must be in (0, 1])")
-    return IFNeurons(name, _neuron_array(n.v_threshold, shape, "v_threshold"), NeuronParams(input_scale=r))
+    return IFNeurons(name, _threshold(n, shape, strict), NeuronParams(input_scale=r))
 
 
 def _lif_params(tau: float, r: float, dt: float, kind: str) -> NeuronParams:
@@ -629,15 +653,15 @@ def _lif_params(tau: float, r: float, dt: float, kind: str) -> NeuronParams:
     return NeuronParams(decay=decay, input_scale=scale)
 
 
-def _read_lif(name, n, where, dt: float = 1.0) -> Node:
+def _read_lif(name, n, where, dt: float = 1.0, strict: bool = False) -> Node:
     shape = _neuron_shape(n)
     _zero_reset_leak(n, shape, "LIF")
     tau = _uniform(_neuron_array(n.tau, shape, "tau"), "LIF tau")
     r = _uniform(_neuron_array(n.r, shape, "r"), "LIF r")
-    return IFNeurons(name, _neuron_array(n.v_threshold, shape, "v_threshold"), _lif_params(tau, r, dt, "LIF"))
+    return IFNeurons(name, _threshold(n, shape, strict), _lif_params(tau, r, dt, "LIF"))
 
 
-def _read_cuba_lif(name, n, where, dt: float = 1.0) -> Node:
+def _read_cuba_lif(name, n, where, dt: float = 1.0, strict: bool = False) -> Node:
     """A CubaLIF without synaptic memory (``tau_syn = dt``: the current is ``w_in`` times the input) is an
     LIF with ``r * w_in``; with ``tau_syn != dt`` its current decays, which the IR's neuron has no state for."""
     shape = _neuron_shape(n)
@@ -648,7 +672,7 @@ def _read_cuba_lif(name, n, where, dt: float = 1.0) -> Node:
                          "sdm mapping; only tau_syn = dt (no synaptic memory) maps, to LIF")
     tau = _uniform(_neuron_array(n.tau_mem, shape, "tau_mem"), "CubaLIF tau_mem")
     r = _uniform(_neuron_array(n.r, shape, "r") * _neuron_array(n.w_in, shape, "w_in"), "CubaLIF r * w_in")
-    return IFNeurons(name, _neuron_array(n.v_threshold, shape, "v_threshold"), _lif_params(tau, r, dt, "CubaLIF"))
+    return IFNeurons(name, _threshold(n, shape, strict), _lif_params(tau, r, dt, "CubaLIF"))
 
 
 def _io_or(n, default) -> tuple[int, int, int]:
@@ -760,14 +784,14 @@ def _read_extension(name, n, where) -> Node:
                                    _io_shape(inner_out[0].output_type, "output"), where)
 
 
-def _readers(dt: float) -> dict:
+def _readers(dt: float, strict: bool) -> dict:
     import nir
 
     timed = {nir.IF: _read_if, nir.LIF: _read_lif, nir.CubaLIF: _read_cuba_lif}
     return {nir.NIRGraph: _read_extension, nir.Input: _read_input, nir.Output: _read_output, nir.Conv2d: _read_conv,
             nir.Scale: _read_scale, nir.Affine: _read_affine, nir.Linear: _read_affine, nir.SumPool2d: _read_pool,
             nir.AvgPool2d: _read_pool, nir.Conv1d: _read_conv1d,
-            **{t: partial(f, dt=dt) for t, f in timed.items()}}
+            **{t: partial(f, dt=dt, strict=strict) for t, f in timed.items()}}
 
 
 # NIR node types with no IR equivalent, and why (one line each)
@@ -781,9 +805,9 @@ REFUSED = {
 }
 
 
-def _node_from_nir(name: str, n, path, dt: float = 1.0) -> Node:
+def _node_from_nir(name: str, n, path, dt: float = 1.0, strict: bool = False) -> Node:
     where = f"{path}: node {name!r}"
-    reader = _readers(dt).get(type(n))
+    reader = _readers(dt, strict).get(type(n))
     if reader is None:
         why = REFUSED.get(type(n).__name__, "it is not supported by sdm")
         raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} has no sdm mapping: {why}")
@@ -987,7 +1011,7 @@ def _foreign_nodes(ng, where, dt: float):
         nir_nodes, edges = canonical(ng)
     except GraphError as e:
         raise NIRFormatError(f"{where}: {_one_line(e, 300)}") from None
-    nodes = {name: _node_from_nir(name, n, where, dt) for name, n in nir_nodes.items()}
+    nodes = {name: _node_from_nir(name, n, where, dt, strict=True) for name, n in nir_nodes.items()}
     try:
         return _with_junctions(nodes, edges)
     except SDMError as e:

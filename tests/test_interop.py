@@ -355,3 +355,154 @@ def test_standard_nodes_map_or_are_refused_in_one_line(tmp_path):
         with pytest.raises(NIRFormatError, match=f"node 'x': .*{kind}") as err:
             read_nir(tmp_path / "g.nir", require_host=False)
         assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
+# ----- in Lava ------------------------------------------------------------------------------------
+def lava_spikes(graph, x: torch.Tensor, mode: str = "floating_pt", build: str = "loihi", varying: bool = False):
+    """Spikes [T, B, C, H, W] of every neuron group and the output of ``graph`` run in Lava on ``x [T, B, ...]``."""
+    from sdm.export.plain import PlainInput
+    from sdm.neuromorphic.plain_run import PlainLavaNetwork, _stages, fold_input_scales
+
+    inp = PlainInput(x.to(torch.float64), varying)
+    g = fold_input_scales(graph)
+    with PlainLavaNetwork(g, inp.T, batch=inp.batch, mode=mode, build=build, stages=_stages(g, build, None),
+                          varying_input=varying) as net:
+        out = net.run_graph(inp.x)
+        return {k: torch.from_numpy(v) for k, v in net.last_spikes.items()}, out
+
+
+def _mismatch_rate(theirs: dict, ours: dict) -> float:
+    bad = sum(int((s != ours[k].reshape(s.shape)).sum()) for k, s in theirs.items())
+    return bad / sum(s.numel() for s in theirs.values())
+
+
+@pytest.mark.parametrize("mode, build", [("floating_pt", "loihi"), ("floating_pt", "fused"), ("fixed_pt", "loihi"),
+                                         ("fixed_pt", "fused")])
+def test_snntorch_file_in_lava(tmp_path, mode, build):
+    """A file of snnTorch's exporter, in Lava: floating point reproduces snnTorch's own spikes exactly;
+    fixed point (8-bit weights, 24-bit state) stays close."""
+    net = snntorch_file(tmp_path / "snn.nir")
+    graph = read_nir(tmp_path / "snn.nir", require_host=False, dt=1e-4)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    spikes, _ = lava_spikes(graph, x.unsqueeze(0).expand(T, *x.shape), mode, build)
+    rate = _mismatch_rate(snntorch_run(net, x, T), spikes)
+    assert rate == 0 if mode == "floating_pt" else rate < 0.03
+    assert sum(int(s.sum()) for s in spikes.values()) > 100
+
+
+def test_norse_file_in_lava_with_a_per_step_input(tmp_path):
+    """norse's LIF (input scale 1/tau, folded into the conv for Lava) on an input that changes every step."""
+    net = norse_dense_file(tmp_path / "norse.nir")
+    graph = read_nir(tmp_path / "norse.nir", require_host=False)
+    x = torch.rand(T, 3, 16, generator=torch.Generator().manual_seed(8)) * 2
+    theirs = {}
+    import norse.torch as norse
+
+    state, cells = None, {n: m for n, m in net.named_modules() if isinstance(m, (norse.LIFBoxCell, norse.IAFCell))}
+    for name, cell in cells.items():
+        cell.register_forward_hook(lambda m, i, o, name=name: theirs.setdefault(name, []).append(o[0]))
+    with torch.no_grad():
+        for step in range(T):
+            _, state = net(x[step], state)
+    theirs = {k: torch.stack(v) for k, v in theirs.items()}
+    spikes, out = lava_spikes(graph, x.reshape(T, 3, 16, 1, 1), varying=True)
+    assert _mismatch_rate(theirs, spikes) == 0 and sum(int(s.sum()) for s in theirs.values()) > 20
+    torch.testing.assert_close(out.reshape(T, 3, 6).float(), theirs["3"], rtol=0, atol=0)  # the output: IF spikes
+    from sdm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loihi build"):
+        lava_spikes(graph, x.reshape(T, 3, 16, 1, 1), build="fused", varying=True)
+
+
+def _branching_file(path):
+    """A graph no sequential converter takes: a nested subgraph, a branch and a fan-in sum, a pool, a
+    per-channel Scale, Flatten + Affine; scalar parameters and a batch dimension, as other tools write."""
+    rng = np.random.default_rng(1)
+
+    def conv(cin, cout, hw, pad=1):
+        return nir.Conv2d(hw, rng.normal(0, 0.6, (cout, cin, 3, 3)).astype(np.float32), 1, pad, 1, 1,
+                          rng.normal(0, 0.1, cout).astype(np.float32))
+
+    s = np.float32
+    block = nir.NIRGraph(nodes={"in": nir.Input(np.array([6, 8, 8])), "a": conv(6, 6, (8, 8)),
+                                "n": nir.IF(r=np.array(s(1)), v_threshold=np.array(s(0.7))), "b": conv(6, 6, (8, 8)),
+                                "out": nir.Output(np.array([6, 8, 8]))},
+                         edges=[("in", "a"), ("a", "n"), ("n", "b"), ("b", "out")], type_check=False)
+    nodes = {"x": nir.Input(np.array([1, 2, 8, 8])), "c0": conv(2, 6, (8, 8)),
+             "n0": nir.LIF(tau=np.array(s(5.0)), r=np.array(s(5.0)), v_leak=np.array(s(0)), v_threshold=np.array(s(1))),
+             "block": block, "skip": conv(6, 6, (8, 8)),
+             "n1": nir.IF(r=np.array(s(1)), v_threshold=np.array(s(1))),
+             "pool": nir.SumPool2d(np.array([2, 2]), np.array([2, 2]), np.array([0, 0])),
+             "scale": nir.Scale(np.array([0.5, 1.0, 1.5, 2.0, 0.25, 1.0], dtype=s)),
+             "n2": nir.IF(r=np.array(s(1)), v_threshold=np.array(s(1.5))),
+             "flat": nir.Flatten({"input": np.array([6, 4, 4])}, 0, -1),
+             "fc": nir.Affine(rng.normal(0, 0.3, (5, 96)).astype(s), rng.normal(0, 0.1, 5).astype(s)),
+             "n3": nir.IF(r=np.array(s(1)), v_threshold=np.array(s(1))), "y": nir.Output(np.array([1, 5]))}
+    edges = [("x", "c0"), ("c0", "n0"), ("n0", "block"), ("n0", "skip"), ("block", "n1"), ("skip", "n1"),
+             ("n1", "pool"), ("pool", "scale"), ("scale", "n2"), ("n2", "flat"), ("flat", "fc"), ("fc", "n3"),
+             ("n3", "y")]
+    nir.write(path, nir.NIRGraph(nodes=nodes, edges=edges, type_check=False), compression=None)
+
+
+@pytest.mark.parametrize("mode, build", [("floating_pt", "loihi"), ("floating_pt", "fused"), ("fixed_pt", "loihi")])
+def test_branching_graph_in_lava(tmp_path, mode, build):
+    """Branches, a fan-in sum and path lengths that differ (the loihi build's delay lines): Lava against the
+    project's executor of the same graph.  The pool sums spikes and the scales are multiples of 1/4, so
+    ``n2``'s membranes hit its threshold 1.5 exactly: NIR's ``v > v_threshold`` (Lava's too) must hold
+    there, not sdm's ``>=`` (without the reader's strict thresholds 172 spikes of n2 differed)."""
+    from sdm.export.plain import PlainInput, reference_run
+
+    _branching_file(tmp_path / "b.nir")
+    graph = read_nir(tmp_path / "b.nir", require_host=False)
+    assert "block.n" in graph.nodes and sorted(graph.predecessors("n1")) == ["block.b", "skip"]
+    x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(9)) * 2
+    xs = x.unsqueeze(0).expand(T, *x.shape).double()
+    ref_out, ref = reference_run(graph, PlainInput(xs, False))
+    spikes, out = lava_spikes(graph, xs, mode, build)
+    rate = _mismatch_rate(ref, spikes)
+    assert all(int(s.sum()) > 0 for s in ref.values())
+    if mode == "floating_pt":
+        assert rate == 0
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    else:
+        assert rate < 0.05
+
+
+def test_simulate_and_energy_commands(tmp_path, capsys):
+    """``sdm simulate FILE.nir --input X.npy`` writes spikes, outputs, the energy table and the report;
+    ``sdm energy`` prices the same spikes from PyTorch and from the Lava record alike."""
+    import json
+
+    import h5py
+
+    from sdm.cli import main
+
+    snntorch_file(tmp_path / "snn.nir")
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(3)).numpy()
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "run"
+    args = [str(tmp_path / "snn.nir"), "--input", str(tmp_path / "x.npy"), "--T", "12", "--dt", "1e-4"]
+    assert main(["simulate", *args, "--build", "loihi", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 spike mismatches" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["total_spike_mismatches"] == 0 and report["T"] == 12 and report["output_max_abs_err"] == 0
+    with h5py.File(out / "output.h5") as f:
+        assert f["lava"].shape == (12, 1, 10, 1, 1) and np.array_equal(f["lava"][()], f["pytorch"][()])
+    assert main(["energy", *args, "--format", "json"]) == 0
+    torch_rep = json.loads(capsys.readouterr().out)
+    assert main(["energy", *args, "--format", "json", "--sim", str(out), "--preset", "45nm-fp32"]) == 0
+    lava_rep = json.loads(capsys.readouterr().out)
+    assert [r["synaptic_events"] for r in torch_rep["rows"]] == [r["synaptic_events"] for r in lava_rep["rows"]]
+    kinds = {r["name"]: r["kind"] for r in lava_rep["rows"]}
+    assert (kinds["0"], kinds["2"], kinds["5"]) == ("MAC", "AC", "AC")  # analog input, then spikes
+    csv_rows = (out / "energy.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("name,layer,kind") and len(csv_rows) == 1 + len(lava_rep["rows"])
+    energy_col = csv_rows[0].split(",").index("energy_pj")
+    assert abs(sum(float(r.split(",")[energy_col]) for r in csv_rows[1:]) - lava_rep["total_pj"]) < 1e-6 * lava_rep[
+        "total_pj"]
+    np.save(tmp_path / "bad.npy", np.zeros((3, 8, 8)))
+    assert main(["simulate", str(tmp_path / "snn.nir"), "--input", str(tmp_path / "bad.npy"), "--dt", "1e-4",
+                 "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.npy" in err and "'input'" in err and "[1, 8, 8]" in err

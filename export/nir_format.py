@@ -408,6 +408,8 @@ def _check_raw_fields(path: Path) -> None:
                 if not isinstance(item, h5py.Dataset):
                     continue
                 kinds, what = ("iu", "integers") if key in _INT_FIELDS else ("fiu", "numbers")
+                if key == "padding" and foreign and item.shape == () and _text(item[()]) in ("same", "valid"):
+                    continue  # NIR's padding strings, in other tools' files (sdm writes integers)
                 if item.dtype.kind not in kinds:
                     raise NIRFormatError(f"{where}: {key} must hold {what}, found {_describe(item)}")
             if _text(sub["type"][()]) == "NIRGraph":
@@ -416,6 +418,8 @@ def _check_raw_fields(path: Path) -> None:
     with h5py.File(path, "r") as f:
         if not isinstance(f.get("node"), h5py.Group):
             raise NIRFormatError(f"{path}: not a NIR file (no 'node' group)")
+        meta = f["node"].get("metadata")
+        foreign = not (isinstance(meta, h5py.Group) and "sdm.format" in meta)
         walk(f["node"], "")
 
 
@@ -453,15 +457,15 @@ def _load_nir(path: Path):
             bad = []
         what = f"node {bad[0][0]!r} has unknown type {bad[0][1]!r}" if bad else "it has an unknown node type"
         raise NIRFormatError(f"{path}: cannot read: {what}") from None
-    except (OSError, KeyError) as e:
-        raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
-                             f"{_one_line(e, 120)})") from None
     except Exception as e:  # a node NIR cannot build from the file's fields, or a graph whose types disagree
         if not _written_by_sdm(path):  # other tools' types (batch dims, scalar parameters): our shape pass checks
             try:
                 return _read_untyped(path)
             except Exception:
                 pass
+        if isinstance(e, (OSError, KeyError)):
+            raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
+                                 f"{_one_line(e, 120)})") from None
         try:
             node = _failing_node(path)
         except Exception:
@@ -476,6 +480,8 @@ def _read_untyped(path: Path):
     from nir.serialization import hdf2dict
 
     def untyped(d: dict) -> None:
+        if isinstance(d.get("padding"), bytes):
+            d["padding"] = d["padding"].decode()
         if _text(d.get("type", "")) == "NIRGraph":
             d["type_check"] = False
             for sub in d.get("nodes", {}).values():
@@ -488,9 +494,12 @@ def _read_untyped(path: Path):
 
 
 def _written_by_sdm(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
-        meta = f.get("node/metadata")
-        return isinstance(meta, h5py.Group) and "sdm.format" in meta
+    try:
+        with h5py.File(path, "r") as f:
+            meta = f.get("node/metadata")
+            return isinstance(meta, h5py.Group) and "sdm.format" in meta
+    except OSError:  # unreadable: the caller reports the file as corrupt
+        return True
 
 
 def _arr(x) -> np.ndarray:

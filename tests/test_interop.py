@@ -333,10 +333,13 @@ def test_standard_nodes_map_or_are_refused_in_one_line(tmp_path):
     sub = nir.NIRGraph(nodes={"i": nir.Input(np.array([4, 6, 6])), "n": nir.IF(r=one, v_threshold=one),
                               "o": nir.Output(np.array([4, 6, 6]))}, edges=[("i", "n"), ("n", "o")])
     nodes = {"in": nir.Input(np.array([2, 6, 6])),
-             "c": nir.Conv2d(None, w, 1, "same", 1, 1, np.zeros(4, dtype=np.float32)),
+             "c": nir.Conv2d((6, 6), w, 1, "same", 1, 1, np.zeros(4, dtype=np.float32)),
              "sub": sub, "pool": nir.SumPool2d(np.array([2, 2]), np.array([2, 2]), np.array([0, 0])),
              "s": nir.Scale(np.array([1.0, 2.0, 3.0, 4.0])), "out": nir.Output(np.array([4, 3, 3]))}
-    g = graph_from_nir(_plain(nodes, [("in", "c"), ("c", "sub"), ("sub", "pool"), ("pool", "s"), ("s", "out")]))
+    ng = _plain(nodes, [("in", "c"), ("c", "sub"), ("sub", "pool"), ("pool", "s"), ("s", "out")])
+    nir.write(tmp_path / "ok.nir", ng)
+    assert read_nir(tmp_path / "ok.nir", require_host=False).nodes["c"].padding == 1  # 'same' from a file too
+    g = graph_from_nir(ng)
     assert isinstance(g.nodes["sub.n"], IFNeurons) and g.nodes["c"].padding == 1  # subgraph inlined, 'same'
     assert isinstance(g.nodes["pool"], Conv) and isinstance(g.nodes["s"], Conv)  # window of ones, diagonal
     assert g.predecessors("s") == ["pool.out"] and g.predecessors("out") == ["out.in"]  # junctions for Lava

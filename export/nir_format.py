@@ -163,7 +163,8 @@ def _host_guard(graph: SNNGraph, edges: list[tuple[str, str]]):
         return None
     if HOST_GUARD in graph.nodes:
         raise GraphError(f"node name {HOST_GUARD!r} is reserved for the host-input guard")
-    image = next(n for n in graph.of_type(AnalogInput) if n.kind == "image")
+    inputs = list(graph.of_type(AnalogInput))
+    image = next((n for n in inputs if n.kind == "image"), inputs[0])  # every graph has an input
     return image.name, _guard_graph(image.shape, image.shape, {
         "sdm.guard": "host_inputs", "input": image.name,
         "note": "the Input nodes of kind temb carry currents the host computes from the metadata 'host'; "

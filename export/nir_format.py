@@ -1,9 +1,10 @@
 """Writing the spiking graph IR as a NIR file and reading it back (specified in docs/nir-format.md).
 
 Standard NIR 1.0.8 nodes carry everything NIR can express: ``Input`` (image and per-block
-time-embedding currents), ``Conv2d`` (BatchNorm folded), ``IF`` (or ``LIF`` with a leak),
-``Scale`` with unit scale for a float residual stream read by a conv, and ``Output``.
-Residual streams read only by neurons are elided into fan-in edges.
+time-embedding currents), ``Conv2d`` (BatchNorm folded), ``IF`` (or ``LIF`` with a leak) and
+``Output``.  Residual streams (IR junctions) are fan-in edges: elided when only neurons read them,
+left out and recorded in the metadata (``sdm.junctions``) when they have one input, an identity 1x1
+``Conv2d`` otherwise (:class:`_FilePlan`), forms that norse, nirtorch and snnTorch all sum.
 
 What NIR lacks travels as *extension* nodes: nested ``NIRGraph`` s whose metadata key
 ``sdm.extension`` names the operation (``temporal_affine`` for TSM, ``upsample_nearest``)
@@ -13,9 +14,10 @@ convolution, so a reader that does not know the extension fails when it builds t
 instead of silently computing a different network.
 
 Host-side parameters (time-embedding MLP, block projections, tail, schedule, T) sit in the
-top-level graph metadata under ``host``.  Each node's :class:`~sdm.export.ir.Origin` (the model
-module it came from, and its channel range) travels as node metadata ``sdm.module`` /
-``sdm.channels``.
+top-level graph metadata under ``host``; such a file also holds the guard node
+``requires_sdm_host_inputs`` between its image input and that input's readers.  Each node's
+:class:`~sdm.export.ir.Origin` (the model module it came from, and its channel range) travels as
+node metadata ``sdm.module`` / ``sdm.channels``.
 
 Writing and reading are one small function per node kind, in the tables ``_WRITERS`` (IR
 type -> NIR node) and ``_READERS`` / ``_EXTENSION_READERS`` (NIR type or extension -> IR node).
@@ -24,6 +26,8 @@ type -> NIR node) and ``_READERS`` / ``_EXTENSION_READERS`` (NIR type or extensi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -87,8 +91,8 @@ def _guard_graph(in_shape, out_shape, metadata: dict):
 
 def _elidable_junctions(graph: SNNGraph) -> set[str]:
     """Junctions read only by neurons and other junctions: their sources can feed the readers
-    directly (fan-in).  Those read by a conv or by the Output stay (as unit ``Scale`` nodes);
-    readers such as nirtorch return an Output's fan-in as separate tensors instead of summing."""
+    directly (fan-in), and the reader does not need them back.  Those read by a conv, a TSM gain, an
+    upsampling or the Output are junctions of the IR the reader rebuilds (:func:`_file_plan`)."""
     keep = {s for s, d in graph.edges if isinstance(graph.nodes[s], Junction)
             and isinstance(graph.nodes[d], (Conv, TemporalAffine, Upsample, Output))}
     return {n for n, node in graph.nodes.items() if isinstance(node, Junction) and n not in keep}
@@ -109,6 +113,65 @@ def _expanded_edges(graph: SNNGraph, elide: set[str]) -> list[tuple[str, str]]:
     return edges
 
 
+HOST_GUARD = "requires_sdm_host_inputs"  # the guarded node in front of the image input's readers
+
+
+@dataclass
+class _FilePlan:
+    """How an IR graph is laid out in a file.  ``nodes``: the IR nodes the reader rebuilds, in order (the
+    elidable junctions left out); ``edges``: theirs.  In the file, a junction of them with a single input
+    (``dropped``) is left out too, its input feeding its readers, and recorded in the graph metadata
+    ``sdm.junctions`` (input, readers, edge position, origin) so that the reader puts it back exactly; a junction
+    with several inputs is an identity 1x1 ``Conv2d`` (every NIR reader sums a conv's fan-in);
+    ``file_edges`` are the file's edges, without the host guard's."""
+
+    nodes: list[str]
+    edges: list[tuple[str, str]]
+    dropped: dict[str, dict]
+    file_edges: list[tuple[str, str]]
+
+
+def _file_plan(graph: SNNGraph) -> _FilePlan:
+    elide = _elidable_junctions(graph)
+    nodes = [n for n in graph.nodes if n not in elide]
+    edges = _expanded_edges(graph, elide)
+    inputs: dict[str, list[str]] = {}
+    for s, d in edges:
+        inputs.setdefault(d, []).append(s)
+    dropped: dict[str, dict] = {}
+    for n in graph.topological_order():
+        if n in nodes and isinstance(graph.nodes[n], Junction) and len(inputs[n]) == 1:
+            dropped[n] = {"input": inputs[n][0], "readers": ",".join(d for s, d in edges if s == n),
+                          "edge": edges.index((inputs[n][0], n)),
+                          **_origin_metadata(graph.nodes[n])}
+
+    def resolve(s: str) -> str:
+        return resolve(dropped[s]["input"]) if s in dropped else s
+
+    file_edges = [(resolve(s), d) for s, d in edges if d not in dropped]
+    if len(set(file_edges)) != len(file_edges) or any("," in n for n in nodes):
+        raise GraphError("cannot write the graph: two paths join the same nodes through a single-input junction, "
+                         "or a node name holds a comma")
+    return _FilePlan(nodes, edges, dropped, file_edges)
+
+
+def _host_guard(graph: SNNGraph, edges: list[tuple[str, str]]):
+    """A graph with host-fed inputs (time-embedding currents, computed on the host from the metadata) gets
+    the guard node :data:`HOST_GUARD` between its image input and that input's readers, so that a reader
+    that does not know the host section fails on it (``groups = 0``) instead of running the graph
+    without those currents.  Returns (its input node name, the guard) or None."""
+    if graph.host is None:
+        return None
+    if HOST_GUARD in graph.nodes:
+        raise GraphError(f"node name {HOST_GUARD!r} is reserved for the host-input guard")
+    inputs = list(graph.of_type(AnalogInput))
+    image = next((n for n in inputs if n.kind == "image"), inputs[0])  # every graph has an input
+    return image.name, _guard_graph(image.shape, image.shape, {
+        "sdm.guard": "host_inputs", "input": image.name,
+        "note": "the Input nodes of kind temb carry currents the host computes from the metadata 'host'; "
+                "read this file with sdm (docs/nir-format.md)"})
+
+
 def _host_metadata(host: HostParams) -> dict:
     sched = host.schedule
     return {
@@ -125,9 +188,16 @@ def _host_metadata(host: HostParams) -> dict:
 
 
 def file_counts(graph: SNNGraph) -> tuple[int, int]:
-    """Nodes and edges of the graph as written to a NIR file (after junction elision)."""
-    elide = _elidable_junctions(graph)
-    return len(graph.nodes) - len(elide), len(_expanded_edges(graph, elide))
+    """Nodes and edges of the NIR file of ``graph`` (after junction elision, with the host guard)."""
+    plan = _file_plan(graph)
+    guard = graph.host is not None
+    return len(plan.nodes) - len(plan.dropped) + guard, len(plan.file_edges) + guard
+
+
+def file_counts_in(path: str | os.PathLike) -> tuple[int, int]:
+    """Nodes and edges of the top-level graph of a NIR file, as stored."""
+    with h5py.File(path, "r") as f:
+        return len(f["node/nodes"]), len(f["node/edges"])
 
 
 def extensions_used(graph: SNNGraph) -> list[str]:
@@ -192,9 +262,15 @@ def _write_neurons(node: IFNeurons, meta: dict):
 
 
 def _write_junction(node: Junction, meta: dict):
+    """A junction with several inputs: an identity 1x1 convolution, which norse, nirtorch and snnTorch all
+    build and sum the fan-in of (a unit ``Scale`` was dropped by norse and unmapped in snnTorch)."""
     import nir
 
-    return nir.Scale(scale=np.ones(node.shape, dtype=np.float32), metadata={**meta, "sdm.junction": True})
+    c, h, w = node.shape
+    weight = np.zeros((c, c, 1, 1), dtype=np.float32)
+    weight[np.arange(c), np.arange(c)] = 1.0
+    return nir.Conv2d(input_shape=(h, w), weight=weight, stride=1, padding=0, dilation=1, groups=1,
+                      bias=np.zeros(c, dtype=np.float32), metadata={**meta, "sdm.junction": True})
 
 
 def _write_temporal_affine(node: TemporalAffine, meta: dict):
@@ -227,9 +303,10 @@ def to_nir(graph: SNNGraph):
     """The ``nir.NIRGraph`` of an IR graph (type-checked by NIR on construction)."""
     import nir
 
-    elide = _elidable_junctions(graph)
-    nodes = {name: _WRITERS[type(node)](node, _origin_metadata(node))
-             for name, node in graph.nodes.items() if name not in elide}
+    plan = _file_plan(graph)
+    nodes = {name: _WRITERS[type(graph.nodes[name])](graph.nodes[name], _origin_metadata(graph.nodes[name]))
+             for name in plan.nodes if name not in plan.dropped}
+    edges = plan.file_edges
     metadata = {
         "sdm.format": FORMAT, "sdm.format_version": FORMAT_VERSION,
         "sdm.extensions": ",".join(extensions_used(graph)),
@@ -237,10 +314,16 @@ def to_nir(graph: SNNGraph):
         "spike_condition": "v >= v_threshold", "reset": "hard, to v_reset",
         "input_encoding": "Input nodes hold the same current at every one of the T steps",
     }
+    if plan.dropped:
+        metadata["sdm.junctions"] = plan.dropped
+    guard = _host_guard(graph, edges)
+    if guard is not None:
+        source, nodes[HOST_GUARD] = guard
+        edges = [(source, HOST_GUARD)] + [(HOST_GUARD if s == source else s, d) for s, d in edges]
     if graph.host is not None:
         metadata["time_steps"] = graph.host.T
         metadata["host"] = _host_metadata(graph.host)
-    return nir.NIRGraph(nodes=nodes, edges=_expanded_edges(graph, elide), metadata=metadata)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
 COMPRESS_MIN_ELEMENTS = 256
@@ -329,6 +412,8 @@ def _check_raw_fields(path: Path) -> None:
                 if not isinstance(item, h5py.Dataset):
                     continue
                 kinds, what = ("iu", "integers") if key in _INT_FIELDS else ("fiu", "numbers")
+                if key == "padding" and foreign and item.shape == () and _text(item[()]) in ("same", "valid"):
+                    continue  # NIR's padding strings, in other tools' files (sdm writes integers)
                 if item.dtype.kind not in kinds:
                     raise NIRFormatError(f"{where}: {key} must hold {what}, found {_describe(item)}")
             if _text(sub["type"][()]) == "NIRGraph":
@@ -337,6 +422,8 @@ def _check_raw_fields(path: Path) -> None:
     with h5py.File(path, "r") as f:
         if not isinstance(f.get("node"), h5py.Group):
             raise NIRFormatError(f"{path}: not a NIR file (no 'node' group)")
+        meta = f["node"].get("metadata")
+        foreign = not (isinstance(meta, h5py.Group) and "sdm.format" in meta)
         walk(f["node"], "")
 
 
@@ -375,16 +462,49 @@ def load_nir(path: Path):
             bad = []
         what = f"node {bad[0][0]!r} has unknown type {bad[0][1]!r}" if bad else "it has an unknown node type"
         raise NIRFormatError(f"{path}: cannot read: {what}") from None
-    except (OSError, KeyError) as e:
-        raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
-                             f"{_one_line(e, 120)})") from None
     except Exception as e:  # a node NIR cannot build from the file's fields, or a graph whose types disagree
+        if not _written_by_sdm(path):  # other tools' types (batch dims, scalar parameters): our shape pass checks
+            try:
+                return _read_untyped(path)
+            except Exception:
+                pass
+        if isinstance(e, (OSError, KeyError)):
+            raise NIRFormatError(f"{path}: corrupt or truncated NIR file ({type(e).__name__}: "
+                                 f"{_one_line(e, 120)})") from None
         try:
             node = _failing_node(path)
         except Exception:
             node = None
         raise NIRFormatError(f"{path}: {node}" if node else
                              f"{path}: inconsistent NIR graph ({_one_line(e)})") from None
+
+
+def _read_untyped(path: Path):
+    """``nir.read(path, type_check=False)``, nested graphs included (NIR checks those regardless)."""
+    import nir
+    from nir.serialization import hdf2dict
+
+    def untyped(d: dict) -> None:
+        if isinstance(d.get("padding"), bytes):
+            d["padding"] = d["padding"].decode()
+        if _text(d.get("type", "")) == "NIRGraph":
+            d["type_check"] = False
+            for sub in d.get("nodes", {}).values():
+                untyped(sub)
+
+    with h5py.File(path, "r") as f:
+        d = hdf2dict(f["node"])
+    untyped(d)
+    return nir.dict2NIRNode(d)
+
+
+def _written_by_sdm(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            meta = f.get("node/metadata")
+            return isinstance(meta, h5py.Group) and "sdm.format" in meta
+    except OSError:  # unreadable: the caller reports the file as corrupt
+        return True
 
 
 def _arr(x) -> np.ndarray:
@@ -458,6 +578,8 @@ def _read_output(name, n, where) -> Node:
 
 
 def _read_conv(name, n, where) -> Node:
+    if "sdm.junction" in n.metadata:
+        return _read_junction_conv(name, n, where)
     if np.any(_arr(n.dilation) != 1) or np.any(_arr(n.groups) != 1):
         raise NIRFormatError(f"{where}: only dilation 1 and groups 1 convolutions are supported")
     if n.input_shape is None:
@@ -469,33 +591,165 @@ def _read_conv(name, n, where) -> Node:
                 (weight.shape[1], *_ints(n.input_shape, "input_shape")))
 
 
-def _uniform(a: np.ndarray, what: str, where: str) -> float:
-    a = _arr(a)
-    if a.size == 0 or not np.all(a == a.flat[0]):
-        raise NIRFormatError(f"{where}: {what} must be the same for every neuron")
+def _read_junction_conv(name, n, where) -> Node:
+    """A junction written as an identity 1x1 convolution (:func:`_write_junction`)."""
+    weight, bias = _arr(n.weight), _arr(n.bias)
+    c = weight.shape[0] if weight.ndim == 4 else 0
+    if weight.shape != (c, c, 1, 1) or np.any(weight[:, :, 0, 0] != np.eye(c)) or np.any(bias != 0) \
+            or n.input_shape is None or np.any(_arr(n.stride) != 1) or np.any(_arr(n.padding) != 0):
+        raise NIRFormatError(f"{where}: a junction (sdm.junction) must be an identity 1x1 Conv2d with zero bias")
+    return Junction(name, (c, *_ints(n.input_shape, "input_shape")))
+
+
+def _neuron_array(v, shape, what: str) -> np.ndarray:
+    """A neuron parameter as a full (C, H, W) array: per neuron, per channel (C,) or one value."""
+    a = np.asarray(v, dtype=np.float64) if not isinstance(v, np.ndarray) else v
+    if a.size == int(np.prod(shape)):
+        return a.reshape(shape)
+    if a.size == 1:
+        return np.full(shape, a.reshape(()), dtype=a.dtype)
+    if a.size == shape[0]:
+        return np.broadcast_to(a.reshape(-1, 1, 1), shape).copy()
+    raise GraphError(f"{what} has shape {list(a.shape)}, which does not fit the neurons' shape {list(shape)}")
+
+
+def _neuron_shape(n) -> tuple[int, int, int]:
+    """The neurons' (C, H, W): the type the shape pass set (foreign graphs), else the threshold's."""
+    t = n.input_type.get("input") if isinstance(n.input_type, dict) else None
+    shape = tuple(int(v) for v in np.atleast_1d(t)) if t is not None and np.size(t) == 3 else None
+    return shape or tuple(np.asarray(n.v_threshold).shape)
+
+
+def _snap(x: float) -> float:
+    """1 when ``x`` is 1 up to float32 rounding (snnTorch writes r = tau/dt in float32)."""
+    return 1.0 if abs(x - 1.0) <= 1e-6 else x
+
+
+def _uniform(a: np.ndarray, what: str) -> float:
+    if not np.all(a == a.flat[0]):
+        raise GraphError(f"{what} must be the same for every neuron of the group (one Lava LIF process)")
     return float(a.flat[0])
 
 
-def _read_if(name, n, where) -> Node:
-    r = _uniform(n.r, "r", where)
-    if not 0 < r <= 1 or (n.v_reset is not None and np.any(_arr(n.v_reset) != 0)):
-        raise NIRFormatError(f"{where}: only IF with 0 < r <= 1 and v_reset = 0 is supported")
-    return IFNeurons(name, _arr(n.v_threshold), NeuronParams(input_scale=r))
+def _zero_reset_leak(n, shape, kind: str) -> None:
+    for field in ("v_reset", "v_leak"):
+        v = getattr(n, field, None)
+        if v is not None and np.any(_neuron_array(v, shape, field) != 0):
+            raise GraphError(f"{kind} with {field} != 0 is not supported (neurons reset to 0 and leak to 0)")
 
 
-def _read_lif(name, n, where) -> Node:
-    tau, r = _uniform(n.tau, "tau", where), _uniform(n.r, "r", where)
-    if np.any(_arr(n.v_leak) != 0) or np.any(_arr(n.v_reset) != 0) or not tau >= 1 or not 0 < r <= tau:
-        raise NIRFormatError(f"{where}: only LIF with tau >= 1, 0 < r <= tau (uniform), v_leak = 0, v_reset = 0 "
-                             "is supported")
-    # Euler with dt = 1: v += (-v + r I) / tau  ==  (1 - 1/tau) v + (r / tau) I
-    return IFNeurons(name, _arr(n.v_threshold), NeuronParams(decay=1.0 - 1.0 / tau, input_scale=r / tau))
+def _threshold(n, shape, strict: bool) -> np.ndarray:
+    """The neurons' thresholds; ``strict`` (other tools' files, NIR's rule ``v > v_threshold``): the next
+    float64 above each, so that the IR's ``h >= threshold`` fires exactly when ``h > v_threshold``."""
+    th = _neuron_array(n.v_threshold, shape, "v_threshold")
+    return np.nextafter(th.astype(np.float64), np.inf) if strict else th
+
+
+def _read_if(name, n, where, dt: float = 1.0, strict: bool = False) -> Node:
+    """``v[n] = v[n-1] + r u[n]``: NIR's ``dv/dt = R I`` one step at a time (every NIR reader ignores dt for
+    IF); ``r`` uniform in (0, 1]."""
+    shape = _neuron_shape(n)
+    _zero_reset_leak(n, shape, "IF")
+    r = _snap(_uniform(_neuron_array(n.r, shape, "r"), "IF r"))
+    if not 0 < r <= 1:
+        raise GraphError(f"IF with r = {r:g} is not supported (r must be in (0, 1])")
+    return IFNeurons(name, _threshold(n, shape, strict), NeuronParams(input_scale=r))
+
+
+def _lif_params(tau: float, r: float, dt: float, kind: str) -> NeuronParams:
+    """NIR's ``tau dv/dt = (v_leak - v) + r I`` by forward Euler with step ``dt``:
+    ``v[n] = (1 - dt/tau) v[n-1] + (r dt/tau) u[n]``."""
+    decay, scale = 1.0 - dt / tau, _snap(r * dt / tau)
+    if not (0 < decay <= 1 and 0 < scale <= 1):
+        raise GraphError(f"{kind} with tau = {tau:g}, r = {r:g} at dt = {dt:g} gives decay 1 - dt/tau = {decay:g} "
+                         f"and input scale r*dt/tau = {scale:g}; both must be in (0, 1] (give the file's time step "
+                         "with --dt: snnTorch writes dt = 1e-4)")
+    return NeuronParams(decay=decay, input_scale=scale)
+
+
+def _read_lif(name, n, where, dt: float = 1.0, strict: bool = False) -> Node:
+    shape = _neuron_shape(n)
+    _zero_reset_leak(n, shape, "LIF")
+    tau = _uniform(_neuron_array(n.tau, shape, "tau"), "LIF tau")
+    r = _uniform(_neuron_array(n.r, shape, "r"), "LIF r")
+    return IFNeurons(name, _threshold(n, shape, strict), _lif_params(tau, r, dt, "LIF"))
+
+
+def _read_cuba_lif(name, n, where, dt: float = 1.0, strict: bool = False) -> Node:
+    """A CubaLIF without synaptic memory (``tau_syn = dt``: the current is ``w_in`` times the input) is an
+    LIF with ``r * w_in``; with ``tau_syn != dt`` its current decays, which the IR's neuron has no state for."""
+    shape = _neuron_shape(n)
+    _zero_reset_leak(n, shape, "CubaLIF")
+    tau_syn = _uniform(_neuron_array(n.tau_syn, shape, "tau_syn"), "CubaLIF tau_syn")
+    if abs(tau_syn - dt) > 1e-6 * dt:
+        raise GraphError(f"CubaLIF with tau_syn = {tau_syn:g} != dt = {dt:g} (a decaying synaptic current) has no "
+                         "sdm mapping; only tau_syn = dt (no synaptic memory) maps, to LIF")
+    tau = _uniform(_neuron_array(n.tau_mem, shape, "tau_mem"), "CubaLIF tau_mem")
+    r = _uniform(_neuron_array(n.r, shape, "r") * _neuron_array(n.w_in, shape, "w_in"), "CubaLIF r * w_in")
+    return IFNeurons(name, _threshold(n, shape, strict), _lif_params(tau, r, dt, "CubaLIF"))
+
+
+def _io_or(n, default) -> tuple[int, int, int]:
+    """The (C, H, W) input type the shape pass set on a foreign node; ``default`` for sdm's own nodes."""
+    t = n.input_type.get("input") if isinstance(n.input_type, dict) else None
+    return tuple(int(v) for v in np.atleast_1d(t)) if t is not None and np.size(t) == 3 else default
+
+
+def _diagonal_conv(name, gain: np.ndarray, shape, kernel=(1, 1), stride: int = 1, padding: int = 0) -> Conv:
+    """A conv that maps each channel to itself, ``gain[c]`` on every tap of a ``kernel`` window (pools, scales)."""
+    c = shape[0]
+    weight = np.zeros((c, c, *kernel), dtype=np.float64)
+    weight[np.arange(c), np.arange(c)] = np.asarray(gain, dtype=np.float64).reshape(c, 1, 1)
+    return Conv(name, weight, np.zeros(c), stride, padding, shape)
 
 
 def _read_scale(name, n, where) -> Node:
-    if not np.all(_arr(n.scale) == 1):
-        raise NIRFormatError(f"{where}: only unit Scale (residual junction) nodes are supported")
-    return Junction(name, tuple(int(v) for v in _arr(n.scale).shape))
+    """A unit Scale is a junction (sdm's earlier files, and other tools' identities); a per-channel scale is
+    a diagonal 1x1 conv."""
+    shape = _io_or(n, tuple(int(v) for v in _arr(n.scale).shape))
+    scale = _neuron_array(n.scale, shape, "scale")
+    if np.all(scale == 1):
+        return Junction(name, shape)
+    if not np.all(scale == scale[:, :1, :1]):
+        raise NIRFormatError(f"{where}: only a Scale that is constant over H and W (one value per channel) is "
+                             "supported")
+    return _diagonal_conv(name, scale[:, 0, 0], shape)
+
+
+def _read_affine(name, n, where) -> Node:
+    """``W x + b`` on the (C, H, W) input (flattened in C, H, W order): a conv whose kernel covers the input,
+    output (C_out, 1, 1).  ``Linear``: no bias."""
+    weight = _arr(n.weight)
+    shape = _io_or(n, (weight.shape[1], 1, 1) if weight.ndim == 2 else (0, 0, 0))
+    if weight.ndim != 2 or weight.shape[1] != int(np.prod(shape)):
+        raise NIRFormatError(f"{where}: weight {list(weight.shape)} does not fit the input {list(shape)}")
+    bias = _arr(n.bias) if hasattr(n, "bias") else np.zeros(weight.shape[0], dtype=weight.dtype)
+    return Conv(name, weight.reshape(weight.shape[0], *shape), bias, 1, 0, shape)
+
+
+def _read_pool(name, n, where) -> Node:
+    """SumPool2d / AvgPool2d: a diagonal conv with a window of ones (or of ``1 / window size``)."""
+    import nir
+
+    from .nir_foreign import padding_pairs
+
+    shape = _io_or(n, None)
+    kernel = tuple(int(v) for v in np.broadcast_to(_arr(n.kernel_size), (2,)))
+    stride = _pad(n.stride, where, "stride")
+    padding = _pad(padding_pairs(n.padding, kernel, (stride, stride), where), where, "padding")
+    gain = 1.0 / (kernel[0] * kernel[1]) if isinstance(n, nir.AvgPool2d) else 1.0
+    return _diagonal_conv(name, np.full(shape[0], gain), shape, kernel, stride, padding)
+
+
+def _read_conv1d(name, n, where) -> Node:
+    """Conv1d on (C, L) is a conv with a (1, k) kernel on (C, 1, L); the IR pads both axes alike, so only
+    padding 0 maps."""
+    weight = _arr(n.weight)
+    if weight.ndim != 3 or np.any(_arr(n.dilation) != 1) or np.any(_arr(n.groups) != 1) \
+            or np.any(_arr(n.padding) != 0):
+        raise NIRFormatError(f"{where}: only Conv1d with padding 0, dilation 1 and groups 1 is supported")
+    shape = _io_or(n, (weight.shape[1], 1, int(np.asarray(n.input_shape))))
+    return Conv(name, weight[:, :, None, :], _arr(n.bias), _pad(n.stride, where, "stride"), 0, shape)
 
 
 # one reader per sdm extension: (name, metadata, body input shape, body output shape, where) -> IR node;
@@ -546,18 +800,33 @@ def _read_extension(name, n, where) -> Node:
                                    _io_shape(inner_out[0].output_type, "output"), where)
 
 
-def _readers() -> dict:
+def _readers(dt: float, strict: bool) -> dict:
     import nir
 
+    timed = {nir.IF: _read_if, nir.LIF: _read_lif, nir.CubaLIF: _read_cuba_lif}
     return {nir.NIRGraph: _read_extension, nir.Input: _read_input, nir.Output: _read_output, nir.Conv2d: _read_conv,
-            nir.IF: _read_if, nir.LIF: _read_lif, nir.Scale: _read_scale}
+            nir.Scale: _read_scale, nir.Affine: _read_affine, nir.Linear: _read_affine, nir.SumPool2d: _read_pool,
+            nir.AvgPool2d: _read_pool, nir.Conv1d: _read_conv1d,
+            **{t: partial(f, dt=dt, strict=strict) for t, f in timed.items()}}
 
 
-def _node_from_nir(name: str, n, path: Path) -> Node:
+# NIR node types with no IR equivalent, and why (one line each)
+REFUSED = {
+    "LI": "a leaky integrator without spikes (an analog state) has no IR node",
+    "CubaLI": "a leaky integrator without spikes (an analog state) has no IR node",
+    "I": "an integrator without spikes (an analog state) has no IR node",
+    "Delay": "edges have no delays in the IR (every node passes its value on within the step)",
+    "Threshold": "a stateless threshold has no IR node (IR neurons keep their membrane)",
+    "Flatten": "Flatten is supported only in front of Affine / Linear nodes",
+}
+
+
+def _node_from_nir(name: str, n, path, dt: float = 1.0, strict: bool = False) -> Node:
     where = f"{path}: node {name!r}"
-    reader = _readers().get(type(n))
+    reader = _readers(dt, strict).get(type(n))
     if reader is None:
-        raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} is not supported by sdm")
+        why = REFUSED.get(type(n).__name__, "it is not supported by sdm")
+        raise NIRFormatError(f"{where}: NIR node type {type(n).__name__} has no sdm mapping: {why}")
     try:
         node = reader(name, n, where)
         node.origin = _origin(n.metadata)
@@ -638,35 +907,175 @@ def _check_version(meta: dict, path: Path, require_host: bool) -> None:
                              "sdm export-nir has one); the file is damaged or from another writer")
 
 
-def read_nir(path: str | os.PathLike, require_host: bool = True) -> SNNGraph:
-    """Read a NIR file of the supported node types into the IR, validated before anything runs.
+def _unguarded(ng, path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The file's node names and edges without the host guard (:func:`_host_guard`): its input feeds its
+    readers again, in the same place of the edge list."""
+    edges = [(_text(s), _text(d)) for s, d in ng.edges]
+    guard = ng.nodes.get(HOST_GUARD)
+    if guard is None or "sdm.format" not in ng.metadata:
+        return list(ng.nodes), edges
+    meta = getattr(guard, "metadata", {})
+    source = _text(meta.get("input", ""))
+    if _text(meta.get("sdm.guard", "")) != "host_inputs" or source not in ng.nodes or (source, HOST_GUARD) not in edges:
+        raise NIRFormatError(f"{path}: node {HOST_GUARD!r}: malformed host-input guard")
+    edges = [(source if s == HOST_GUARD else s, d) for s, d in edges if (s, d) != (source, HOST_GUARD)]
+    return [n for n in ng.nodes if n != HOST_GUARD], edges
 
-    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
-    ``require_host=False`` plain spiking networks (from this or another tool) load too.  Every
-    problem is a one-line :class:`NIRFormatError` naming the file and the node or field: field
-    types in the HDF5 layout, the nodes' own checks (shapes, finite values, parameters), the host
-    records and :meth:`SNNGraph.validate` (edges, shapes, host against graph)."""
-    path = Path(path)
-    ng = load_nir(path)
+
+def _junction_records(records, path: Path) -> dict[str, tuple[str, list[str], int, dict]]:
+    """The ``sdm.junctions`` metadata: junction -> (input, readers, edge position, metadata)."""
+    where = f"{path}: sdm.junctions"
+    if not isinstance(records, dict):
+        raise NIRFormatError(f"{where} must be a group of junction records")
+    out = {}
+    for j, r in records.items():
+        what = f"junction {j!r}"
+        try:
+            out[j] = (_text(_get(r, "input", what)), _text(_get(r, "readers", what)).split(","),
+                      _int(_get(r, "edge", what), f"{what} edge"), r)
+        except GraphError as e:
+            raise NIRFormatError(f"{where}: {e}") from None
+    return out
+
+
+def _restore_junctions(nodes: dict[str, Node], edges: list[tuple[str, str]], records, path: Path):
+    """Put back the single-input junctions the writer left out of the file (:class:`_FilePlan`): each one's
+    input feeds it, it feeds its readers, its input edge at the position recorded; as a node it goes where
+    ``nir.read`` would have put it (HDF5 lists a group's members by name)."""
+    if records is None:
+        return nodes, edges
+    rec = _junction_records(records, path)
+
+    def resolve(j: str, depth: int = 0) -> str:
+        if depth > len(rec):
+            raise NIRFormatError(f"{path}: sdm.junctions: junction {j!r}: its inputs form a cycle")
+        return resolve(rec[j][0], depth + 1) if j in rec else j
+
+    owner = {}
+    for j, (inp, readers, _, _) in rec.items():
+        bad = [n for n in (inp, *readers) if n not in nodes and n not in rec]
+        if j in nodes or bad:
+            raise NIRFormatError(f"{path}: sdm.junctions: junction {j!r} " +
+                                 (f"names unknown node {bad[0]!r}" if bad else "is also a node of the file"))
+        owner.update({(resolve(j), d): j for d in readers if d not in rec})
+    missing = sorted(set(owner) - set(edges))
+    if missing:
+        raise NIRFormatError(f"{path}: sdm.junctions: junction {owner[missing[0]]!r}: the file has no edge "
+                             f"{missing[0][0]} -> {missing[0][1]}")
+    edges = [(owner.get(e, e[0]), e[1]) for e in edges]
+    for j, (inp, _, k, _) in sorted(rec.items(), key=lambda kv: kv[1][2]):
+        edges.insert(k, (inp, j))
+    order = list(nodes)
+    order = sorted(order + list(rec)) if order == sorted(order) else order + list(rec)
+    return {n: nodes[n] if n in nodes else Junction(n, nodes[resolve(n)].shape, origin=_origin(rec[n][3]))
+            for n in order}, edges
+
+
+def _time_step(meta: dict, dt, where) -> float:
+    """The NIR time unit of one step: the file's metadata ``dt`` if it has one, else ``dt`` (default 1)."""
+    given = None
+    if dt is not None:
+        if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not np.isfinite(dt) or not dt > 0:
+            raise NIRFormatError(f"{where}: dt must be a positive number, got {dt!r}")
+        given = float(dt)
+    if "dt" not in meta:
+        return 1.0 if given is None else given
+    try:
+        step = _float(meta["dt"], "the graph metadata dt")
+    except GraphError as e:
+        raise NIRFormatError(f"{where}: {e}") from None
+    if not (np.isfinite(step) and step > 0):
+        raise NIRFormatError(f"{where}: the graph metadata dt must be a positive number, got {step!r}")
+    if given is not None and given != step:
+        raise NIRFormatError(f"{where}: the file's metadata says dt = {step:g}, but dt = {given:g} was given")
+    return step
+
+
+def _unique(name: str, taken) -> str:
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    return out
+
+
+def _with_junctions(nodes: dict[str, Node], edges: list[tuple[str, str]]):
+    """What the Lava builder needs of a foreign graph, put in as junctions (sums of one input, exact): one in
+    front of the Output, and one after every conv that a conv, a TSM gain or an upsampling reads (a conv's
+    bias is added by the node it feeds)."""
+    nodes, edges = dict(nodes), list(edges)
+    fed = [s for s in nodes if isinstance(nodes[s], Conv) and any(
+        isinstance(nodes[d], (Conv, TemporalAffine, Upsample)) for x, d in edges if x == s)]
+    for c in fed:
+        j = _unique(f"{c}.out", nodes)
+        nodes[j] = Junction(j, nodes[c].shape)
+        edges = [(j if s == c else s, d) for s, d in edges] + [(c, j)]
+    for o in [n for n, v in nodes.items() if isinstance(v, Output)]:
+        preds = [s for s, d in edges if d == o]
+        if len(preds) == 1 and isinstance(nodes[preds[0]], Junction):
+            continue
+        j = _unique(f"{o}.in", nodes)
+        nodes[j] = Junction(j, nodes[o].shape)
+        edges = [(s, j if d == o else d) for s, d in edges] + [(j, o)]
+    return nodes, edges
+
+
+def _foreign_nodes(ng, where, dt: float):
+    """IR nodes and edges of a graph another tool wrote (:mod:`.nir_foreign` first)."""
+    from .nir_foreign import canonical
+
+    try:
+        nir_nodes, edges = canonical(ng)
+    except GraphError as e:
+        raise NIRFormatError(f"{where}: {_one_line(e, 300)}") from None
+    nodes = {name: _node_from_nir(name, n, where, dt, strict=True) for name, n in nir_nodes.items()}
+    try:
+        return _with_junctions(nodes, edges)
+    except SDMError as e:
+        raise NIRFormatError(f"{where}: {_one_line(e, 300)}") from None
+
+
+def _graph_from_nir(ng, path, require_host: bool, dt) -> SNNGraph:
     meta = ng.metadata
     if _text(meta.get("sdm.format", "")) == SD_FORMAT:
         raise NIRFormatError(f"{path}: a Spiking-Diffusion file (sdid, decoder and encoder graphs), not a UNet "
                              "denoiser; sdm import-nir, simulate and energy read it as such")
     _check_version(meta, path, require_host)
-    return graph_from_nir(ng, str(path))
-
-
-def graph_from_nir(ng, label: str) -> SNNGraph:
-    """The IR graph of a loaded ``nir.NIRGraph`` (a file's top level, or one part of a Spiking-Diffusion
-    file); ``label`` starts every error message (the file, and the part)."""
-    nodes = {name: _node_from_nir(name, n, label) for name, n in ng.nodes.items()}
+    step = _time_step(meta, dt, path)
+    if "sdm.format" in meta:
+        names, edges = _unguarded(ng, path)
+        nodes = {name: _node_from_nir(name, ng.nodes[name], path, step) for name in names}
+    else:
+        nodes, edges = _foreign_nodes(ng, path, step)
     _legacy_origins(nodes)
     try:
-        host = _host_from_metadata(ng.metadata) if "host" in ng.metadata else None
-        return SNNGraph(nodes, [tuple(e) for e in ng.edges], host)
+        nodes, edges = _restore_junctions(nodes, edges, meta.get("sdm.junctions"), path)
+        host = _host_from_metadata(meta) if "host" in meta else None
+        return SNNGraph(nodes, edges, host)
     except NIRFormatError:
         raise
     except SDMError as e:
-        raise NIRFormatError(f"{label}: {_one_line(e, 300)}") from None
+        raise NIRFormatError(f"{path}: {_one_line(e, 300)}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise NIRFormatError(f"{label}: malformed host-side metadata ({type(e).__name__}: {_one_line(e)})") from None
+        raise NIRFormatError(f"{path}: malformed host-side metadata ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def read_nir(path: str | os.PathLike, require_host: bool = True, dt: float | None = None) -> SNNGraph:
+    """Read a NIR file of the supported node types into the IR, validated before anything runs.
+
+    Running denoising needs the host-side metadata that :func:`write_nir` stores; with
+    ``require_host=False`` plain spiking networks (from this or another tool) load too.  Files of other
+    tools go through :func:`~sdm.export.nir_foreign.canonical` (batch dimensions, scalar parameters,
+    subgraphs, Flatten); ``dt`` is the NIR time of one step when the file does not say (metadata ``dt``;
+    default 1): continuous-time LIF parameters are discretised with it (docs/nir-format.md §11).  Every
+    problem is a one-line :class:`NIRFormatError` naming the file and the node or field: field
+    types in the HDF5 layout, the nodes' own checks (shapes, finite values, parameters), the host
+    records and :meth:`SNNGraph.validate` (edges, shapes, host against graph)."""
+    path = Path(path)
+    return _graph_from_nir(load_nir(path), path, require_host, dt)
+
+
+def graph_from_nir(ng, dt: float | None = None, name: str = "<NIR graph>") -> SNNGraph:
+    """The IR of an in-memory ``nir.NIRGraph``, read as :func:`read_nir` reads a file (no host section
+    required): for graphs an exporter returns that ``nir.write`` cannot store (norse's ``to_nir`` of a
+    conv network: torch tensors, no ``input_shape``).  Errors name ``name`` where a file's would name it."""
+    return _graph_from_nir(ng, name, False, dt)

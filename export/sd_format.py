@@ -131,7 +131,7 @@ def read_sd_nir(path: str | os.PathLike) -> SDGraphs:
         sub = ng.nodes.get(role)
         if sub is None or type(sub).__name__ != "NIRGraph":
             raise NIRFormatError(f"{label}: missing (sdm.parts lists it, the file has no such graph node)")
-        graph = graph_from_nir(sub, label)
+        graph = graph_from_nir(sub, name=label)
         try:
             host = _HOST_READERS[role](_get(_get(ng.metadata, "sd_host", "the graph metadata"), role, "sd_host"))
         except SDMError as e:

@@ -295,6 +295,7 @@ class BuildContext:
     plan: FixedPointPlan | None = None  # fixed_pt parameters; None: floating_pt
     threshold_scale: float = 1.0
     record_spikes: bool = True
+    varying_input: bool = False  # the image input changes from step to step (a [T, ...] input, B*T rows)
     source: MemmapSource | None = None  # the image input, once made
     temb_source: MemmapSource | None = None  # swish(temb), once a temb input is made
 
@@ -316,7 +317,8 @@ Factory = Callable[[BuildContext, Node], "AbstractProcess | None"]
 
 
 def _input(ctx: BuildContext, node: AnalogInput) -> AbstractProcess:
-    """The image: a :class:`MemmapSource` of the batch file, each image repeated for T steps.  A temb
+    """The image: a :class:`MemmapSource` of the batch file, each image repeated for T steps (with
+    ``varying_input``: ``B*T`` rows, image ``b`` at step ``n`` in row ``b*T + n``).  A temb
     input: its block's ChannelDense synapse, fed by the one MemmapSource of ``swish(temb)`` (made with
     the first temb input)."""
     from .lava_models.processes import ChannelDense, MemmapSource
@@ -325,8 +327,9 @@ def _input(ctx: BuildContext, node: AnalogInput) -> AbstractProcess:
     if node.kind == "image":
         if ctx.source is not None:
             raise LavaBuildError(f"{node.name}: only one image input is supported")
-        path = ctx.inputs.add("image", shape, rows=t.batch)
-        ctx.source = MemmapSource(shape=shape, path=path, images=t.batch, repeat=t.T, name=node.name)
+        rows, repeat = (t.batch * t.T, 1) if ctx.varying_input else (t.batch, t.T)
+        path = ctx.inputs.add("image", shape, rows=rows)
+        ctx.source = MemmapSource(shape=shape, path=path, images=rows, repeat=repeat, name=node.name)
         return ctx.source
     w_proj = ctx.graph.host.temb_proj[node.block].w
     if ctx.temb_source is None:
@@ -582,7 +585,7 @@ def prepare(graph: SNNGraph, plan: FixedPointPlan | None) -> tuple[SNNGraph, Fix
 
 
 def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes: bool = True,
-          threshold_scale: float = 1.0, plan: FixedPointPlan | None = None) -> LavaGraph:
+          threshold_scale: float = 1.0, plan: FixedPointPlan | None = None, varying_input: bool = False) -> LavaGraph:
     """Create (not yet compile) the Lava processes of ``graph`` (the passes of the module docstring).
 
     Probe files (``.npy`` memory maps) for the output and, with ``record_spikes``, for every
@@ -595,7 +598,7 @@ def build(graph: SNNGraph, T: int, probe_dir: str, batch: int = 1, record_spikes
     timing = plan_timing(graph, T, batch)
     ctx = BuildContext(graph, timing, constant_inputs(graph), Probes(probe_dir, timing.window),
                        Probes(probe_dir, timing.window, prefix="in-"), plan=plan, threshold_scale=threshold_scale,
-                       record_spikes=record_spikes)
+                       record_spikes=record_spikes, varying_input=varying_input)
     procs = make_processes(ctx)
     wires = wire(graph, procs, timing.depth, ctx.temb_source)
     neurons = {name: p for name, p in procs.items() if isinstance(graph.nodes[name], IFNeurons)}

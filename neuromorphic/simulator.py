@@ -155,7 +155,7 @@ class LavaNetwork:
 
     def __init__(self, graph: SNNGraph, T: int, batch: int = 1, mode: str = "floating_pt",
                  record_spikes: bool = True, threshold_scale: float = 1.0, plan=None, build: str = "loihi",
-                 stages: int | None = None, protocol: str | None = None):
+                 stages: int | None = None, protocol: str | None = None, varying_input: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         _check_choice("build", build, BUILDS)
@@ -163,6 +163,9 @@ class LavaNetwork:
         _check_choice("protocol", protocol, PROTOCOLS)
         if stages is not None and build != "fused":
             raise ConfigError("--stages is an option of the fused build (--build fused)")
+        if varying_input and build != "loihi":
+            raise ConfigError("an input that changes from step to step ([T, ...]) runs in the loihi build "
+                              "(--build loihi)")
         ensure_lava_runtime()
         if mode == "fixed_pt" and plan is None:
             from .fixed_point import FixedPointPlan
@@ -183,7 +186,7 @@ class LavaNetwork:
                 self.net: LavaGraph | FusedGraph = build_fused(graph, self.T, self._run_dir.path, **options,
                                                                stages=DEFAULT_STAGES if stages is None else stages)
             else:
-                self.net = build_network(graph, self.T, self._run_dir.path, **options)
+                self.net = build_network(graph, self.T, self._run_dir.path, **options, varying_input=varying_input)
         except BaseException:
             self._run_dir.cleanup()
             raise

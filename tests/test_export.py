@@ -16,7 +16,7 @@ from sdm.export.api import export_checkpoint, import_nir
 from sdm.export.execute import GraphDenoiser, GraphModule
 from sdm.export.ir import IFNeurons, TemporalAffine, Upsample
 from sdm.export.lower import fold_batchnorm, lower_unet
-from sdm.export.nir_format import read_nir, write_nir
+from sdm.export.nir_format import HOST_GUARD, read_nir, write_nir
 from sdm.export.verify import compare
 from sdm.testing.oracles import if_step
 from sdm.testing.spiking_cnn import CNNConfig, SpikingCNN, lower_spiking_cnn
@@ -113,10 +113,11 @@ def test_graph_structure_and_standard_reader(tmp_path):
     assert sum(1 for _ in graph.of_type(TemporalAffine)) == 66  # 67 TSM convs, the tail's is on the host
     write_nir(graph, tmp_path / "g.nir")
     ng = nir.read(tmp_path / "g.nir")  # unmodified reader, type checking on
-    ext = [n for n in ng.nodes.values() if isinstance(n, nir.NIRGraph)]
+    ext = [n for k, n in ng.nodes.items() if isinstance(n, nir.NIRGraph) and k != HOST_GUARD]
     assert {n.metadata["sdm.extension"] for n in ext} == {"temporal_affine", "upsample_nearest"}
+    assert ng.nodes[HOST_GUARD].metadata["sdm.guard"] == "host_inputs"  # the time-embedding inputs need the host
     assert ng.metadata["dt"] == 1.0 and ng.metadata["time_steps"] == 4
-    assert {type(n).__name__ for n in ng.nodes.values()} <= {"Input", "Conv2d", "IF", "Scale", "Output", "NIRGraph"}
+    assert {type(n).__name__ for n in ng.nodes.values()} == {"Input", "Conv2d", "IF", "Output", "NIRGraph"}
 
 
 def test_unknown_reader_fails_loudly_on_extensions(tmp_path):
@@ -162,7 +163,7 @@ def test_third_party_nirtorch_reproduces_spikes(tmp_path, residual):
     graph = lower_spiking_cnn(model, dtype=np.float64)
     write_nir(graph, tmp_path / "cnn.nir")
     ng = nir.read(tmp_path / "cnn.nir")
-    assert {type(n).__name__ for n in ng.nodes.values()} <= {"Input", "Conv2d", "IF", "Scale", "Output"}
+    assert {type(n).__name__ for n in ng.nodes.values()} == {"Input", "Conv2d", "IF", "Output"}
     x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
     ours = GraphModule(read_nir(tmp_path / "cnn.nir", require_host=False), T=4, dtype=torch.float64)
     ours.record = True

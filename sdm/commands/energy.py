@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdm.errors import UserError
 
-from . import options
+from . import options, plain_nir
 
 
 def add_parser(sub):
@@ -31,11 +31,14 @@ def add_parser(sub):
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--out", metavar="FILE", help="write the report here instead of standard output")
     p.add_argument("--plot", metavar="PNG", help="per-layer energy bars with firing rates")
+    plain_nir.add_options(p)  # with --input: MODEL.pt is a plain NIR graph, FILE.nir (sdm/commands/plain_nir.py)
     p.set_defaults(func=run)
     return p
 
 
 def run(a) -> None:
+    if a.input is not None:
+        return plain_nir.energy(a)
     from sdm.energy.report import energy_report, format_csv, format_json, format_table, plot
 
     options.apply_threads(a)

@@ -35,6 +35,7 @@ def run(a) -> None:
 
         check_output(a.sample, "--sample", "png", inputs=[("MODEL.nir", a.nir_file), ("--compare", a.compare)],
                      force=a.force)
+    from sdm.export.nir_format import file_counts_in
     from sdm.export.sd_format import is_sd_file
 
     if is_sd_file(a.nir_file):
@@ -42,7 +43,8 @@ def run(a) -> None:
         return
     den = import_nir(a.nir_file, dtype=a.dtype)
     s = graph_summary(den.graph)
-    print(f"{a.nir_file}: {s['nodes']} nodes, {s['edges']} edges, {s['parameters']:,} parameters, "
+    nodes, edges = file_counts_in(a.nir_file)  # as stored (the IR puts single-input junctions back)
+    print(f"{a.nir_file}: {nodes} nodes, {edges} edges, {s['parameters']:,} parameters, "
           f"{s['neuron_groups']} neuron groups, T={s['T']}, extensions: {', '.join(s['extensions']) or 'none'}")
     if a.compare:
         _compare(a, den)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sdm.errors import UserError
 
-from . import options
+from . import options, plain_nir
 
 # what `sdm simulate --out DIR` writes there, and the kind of each (sdm.paths)
 OUTPUTS = {"samples.png": "png", "reference.png": "png", "spikes.h5": "hdf5", "report.json": "json"}
@@ -41,11 +41,14 @@ def add_parser(sub):
                    help="images, as one batch (fused: an array dimension; loihi: pipelined through the network)")
     p.add_argument("--threshold-scale", type=float, default=1.0)
     p.add_argument("--out", required=True, metavar="DIR")
+    plain_nir.add_options(p)  # with --input: any plain NIR graph (sdm/commands/plain_nir.py)
     p.set_defaults(func=run)
     return p
 
 
 def run(a) -> None:
+    if a.input is not None:
+        return plain_nir.simulate(a)
     from sdm.export.sd_format import is_sd_file
     from sdm.neuromorphic.run import simulate  # loads Lava: only this command does
 

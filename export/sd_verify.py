@@ -3,33 +3,15 @@ every neuron group's spikes, SDID's logits, the decoder's images and the encoder
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from sdm.errors import GraphError
-from sdm.train.neuron import IFNeuron
 from sdm.train.sdid import SDID
 from sdm.train.vqsvae import VQSVAE
 
 from .sd_execute import torch_runner
 from .sd_graph import Part, SDGraphs
-from .verify import graph_spikes_by_module
-
-
-def hooked_spikes(model: torch.nn.Module, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    """``(fn(), {neuron module name: spikes [T, B, C, H, W]})`` for the neurons of ``model`` that ``fn`` runs."""
-    spikes, hooks = {}, []
-    for name, mod in model.named_modules():
-        if isinstance(mod, IFNeuron):
-            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: spikes.__setitem__(name, o)))
-    try:
-        with torch.no_grad():
-            out = fn()
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, spikes
+from .verify import graph_spikes_by_module, hooked_spikes
 
 
 def _compare_part(part: Part, model_out: torch.Tensor, model_spikes: dict, args: tuple, dtype: torch.dtype) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from sdm.errors import GraphError
@@ -12,19 +14,24 @@ from .execute import GraphDenoiser
 from .ir import SNNGraph
 
 
-def record_model_spikes(model: SpikingUNet, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """``(eps, {neuron module name: spikes [T, B, C, H, W]})`` for one eval call of ``model``."""
+def hooked_spikes(model: torch.nn.Module, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """``(fn(), {neuron module name: spikes [T, B, C, H, W]})`` for the neurons of ``model`` that ``fn`` runs."""
     spikes, hooks = {}, []
     for name, mod in model.named_modules():
         if isinstance(mod, IFNeuron):
             hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: spikes.__setitem__(name, o)))
     try:
         with torch.no_grad():
-            eps = model(x, t)
+            out = fn()
     finally:
         for h in hooks:
             h.remove()
-    return eps, spikes
+    return out, spikes
+
+
+def record_model_spikes(model: SpikingUNet, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``(eps, {neuron module name: spikes [T, B, C, H, W]})`` for one eval call of ``model``."""
+    return hooked_spikes(model, lambda: model(x, t))
 
 
 def graph_spikes_by_module(graph: SNNGraph, graph_spikes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

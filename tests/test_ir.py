@@ -151,11 +151,20 @@ def test_samplers_own_their_timesteps_and_noise():
     assert seen == [49, 48, 47, 46] and x.shape == (2, 1, 2, 2)
 
 
-def test_lif_input_scale_is_refused_where_it_cannot_travel(tmp_path):
-    """An LIF's 1/tau input scale has no NIR form yet: the writer refuses it instead of dropping it."""
-    nodes = {"x": AnalogInput("x", (1, 1, 1)), "n": IFNeurons("n", np.ones((1, 1, 1)), NeuronParams.lif(2.0)),
+@pytest.mark.parametrize("params,nir_type,tau,r", [(NeuronParams.lif(2.0), "LIF", 2.0, 1.0),
+                                                   (NeuronParams.lif(4.0), "LIF", 4.0, 1.0),
+                                                   (NeuronParams(input_scale=0.25), "IF", None, 0.25)])
+def test_lif_input_scale_travels_through_nir(tmp_path, params, nir_type, tau, r):
+    """spikingjelly's LIF (h = v + (x - v)/tau) is NIR's LIF(tau, r = 1) at dt = 1; an IF with an input scale
+    c is IF(r = c): the scale is written, never dropped, and read back as it was."""
+    import nir
+
+    from sdm.export.nir_format import read_nir
+
+    nodes = {"x": AnalogInput("x", (1, 1, 1)), "n": IFNeurons("n", np.ones((1, 1, 1)), params),
              "out": Output("out", (1, 1, 1))}
-    graph = SNNGraph(nodes, [("x", "n"), ("n", "out")])
-    with pytest.raises(GraphError, match="input scale"):
-        write_nir(graph, tmp_path / "g.nir")
-    assert not (tmp_path / "g.nir").exists()
+    write_nir(SNNGraph(nodes, [("x", "n"), ("n", "out")]), tmp_path / "g.nir")
+    node = nir.read(tmp_path / "g.nir").nodes["n"]
+    assert type(node).__name__ == nir_type and np.all(node.r == r) and (tau is None or np.all(node.tau == tau))
+    back = read_nir(tmp_path / "g.nir", require_host=False).nodes["n"].params
+    assert (back.decay, back.input_scale) == (params.decay, params.input_scale)

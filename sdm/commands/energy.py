@@ -55,10 +55,10 @@ def run(a) -> None:
                         preset=a.preset, sim_dir=a.sim, data=a.data, memory=a.memory, use_ema=not a.no_ema,
                         order=a.order)
     text = {"table": format_table, "csv": format_csv, "json": format_json}[a.format](rep)
-    _emit(a, text, rep, plot)
+    emit_report(a, text, rep, plot)
 
 
-def _emit(a, text: str, rep: dict, plot) -> None:
+def emit_report(a, text: str, rep: dict, plot) -> None:
     """The report to --out or standard output, the plot to --plot."""
     # standard output holds the report and nothing else; when the report goes to --out, it holds
     # the list of files written
@@ -113,4 +113,4 @@ def _run_sd(a) -> None:
     rep = sd_energy_from_checkpoint(a.model, n=a.n, temperature=temperature, seed=a.seed, preset=a.preset,
                                     sim_dir=a.sim, memory=a.memory, use_ema=not a.no_ema)
     text = {"table": format_sd_table, "csv": format_sd_csv, "json": format_json}[a.format](rep)
-    _emit(a, text, rep, plot_sd)
+    emit_report(a, text, rep, plot_sd)

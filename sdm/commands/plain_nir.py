@@ -7,9 +7,6 @@ denoising, one run of T spiking steps on the input); the options are added to th
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from . import options
 
 
@@ -79,14 +76,6 @@ def energy(a) -> None:
     check_distinct([("--out", a.out), ("--plot", a.plot)])
     rep = plain_energy_report(a.model, a.input, T=a.T, dt=a.dt, preset=a.preset, memory=a.memory, sim_dir=a.sim)
     text = {"table": format_plain_table, "csv": format_csv, "json": format_json}[a.format](rep)
-    notes = sys.stdout if a.out else sys.stderr
-    if a.out:
-        from sdm.files import atomic_write
+    from .energy import emit_report
 
-        atomic_write(a.out, lambda tmp: Path(tmp).write_text(text))
-        print(f"wrote {a.out}", file=notes)
-    else:
-        print(text, end="")
-        sys.stdout.flush()
-    if a.plot:
-        print(f"wrote {plot(rep, a.plot)}", file=notes)
+    emit_report(a, text, rep, plot)

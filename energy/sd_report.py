@@ -191,7 +191,8 @@ def format_sd_table(rep: dict) -> str:
                   f"{mac / 1e6:.4f}); ANN of the same network {p['ann_pj_per_call'] / 1e6:.4f} uJ, SNN/ANN "
                   f"{p['snn_over_ann']:.3f}; calls per sample: {p['calls_per_sample']}\n")
     if rep["ann_pj_per_sample"]:
-        out.write(f"\nper generated sample: {rep['total_pj_per_sample'] / 1e6:.3f} uJ; ANN "
+        what = "per generated sample" if "sdid" in rep["parts"] else "per decoded image (a VQ-SVAE: no SDID)"
+        out.write(f"\n{what}: {rep['total_pj_per_sample'] / 1e6:.3f} uJ; ANN "
                   f"{rep['ann_pj_per_sample'] / 1e6:.3f} uJ; SNN/ANN {rep['snn_over_ann_per_sample']:.3f}\n")
     out.write("assumptions: " + "; ".join(rep["assumptions"]) + "\n")
     return out.getvalue()

@@ -264,7 +264,9 @@ def _sd_pipeline(a, out: Path) -> None:
           f"wrote {out}/sd-lava/samples.png")
     rep = sd_energy_from_checkpoint(a.sd_model, n=n, temperature=a.temperature, seed=a.seed,
                                     sim_dir=str(out / "sd-lava"), use_ema=not a.no_ema)
-    write_text(out / "sd_energy.txt", format_sd_table(rep))
+    table = format_sd_table(rep)
+    write_text(out / "sd_energy.txt", table)
+    print(table)
     parts = rep["parts"]
     print(f"      energy from the Lava spikes: SDID {parts['sdid']['total_pj_per_call'] / 1e6:.2f} uJ per call "
           f"(SNN/ANN {parts['sdid']['snn_over_ann']:.2f}), decoder {parts['decoder']['total_pj_per_call'] / 1e6:.2f} "

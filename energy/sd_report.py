@@ -57,10 +57,14 @@ class CallRecorder:
 
 @torch.no_grad()
 def torch_counts(model, vqsvae, graphs: SDGraphs, n: int, temperature: float, seed: int,
-                 images: torch.Tensor) -> dict[str, SpikeCounts]:
-    """Spike counts of each part from hooks on ``model`` (a SpikingDiffusion, None for a VQ-SVAE file)
-    while it generates ``n`` samples, and on ``vqsvae`` while it decodes them and encodes ``images``."""
+                 images: torch.Tensor, roles: set[str] | None = None) -> dict[str, SpikeCounts]:
+    """Spike counts of each part (of ``roles``, default all) from hooks on ``model`` (a SpikingDiffusion,
+    None for a VQ-SVAE file) while it generates ``n`` samples, and on ``vqsvae`` while it decodes them and
+    encodes ``images``."""
+    roles = set(graphs.parts) if roles is None else roles
     counts = {}
+    if roles == {"encoder"}:
+        return {"encoder": _encoder_counts(vqsvae, graphs, images)}
     if model is not None and graphs.generator:
         rec, ts = CallRecorder(model.denoiser, graphs["sdid"].graph), []
 
@@ -80,11 +84,15 @@ def torch_counts(model, vqsvae, graphs: SDGraphs, n: int, temperature: float, se
     vqsvae.tokens_to_images(tokens)
     rec.flush()
     counts["decoder"] = rec.close([0], f"PyTorch hooks, {what}")
+    counts["encoder"] = _encoder_counts(vqsvae, graphs, images)
+    return {role: c for role, c in counts.items() if role in roles}
+
+
+def _encoder_counts(vqsvae, graphs: SDGraphs, images: torch.Tensor) -> SpikeCounts:
     rec = CallRecorder(vqsvae, graphs["encoder"].graph)
     vqsvae.tokens(images)
     rec.flush()
-    counts["encoder"] = rec.close([0], f"PyTorch hooks, {images.shape[0]} bundled digits")
-    return counts
+    return rec.close([0], f"PyTorch hooks, {images.shape[0]} bundled digits")
 
 
 def sim_counts(sim_dir: str | os.PathLike, graphs: SDGraphs) -> dict[str, SpikeCounts]:
@@ -137,20 +145,19 @@ def sd_energy_from_checkpoint(model_path: str | os.PathLike, n: int = 4, tempera
     records of ``sim_dir``, the encoder from PyTorch when the run did not record it)."""
     from sdm.export.lower_sd import lower_spiking_diffusion
     from sdm.train.data import load_dataset, to_float
-    from sdm.train.sd_model import ABSORBING_KIND, load_absorbing, open_checkpoint, vqsvae_from_checkpoint
+    from sdm.train.sd_model import sd_modules
 
     get_preset(preset)  # refused before any work
-    ckpt, source = open_checkpoint(model_path)
-    model = load_absorbing(ckpt, use_ema=use_ema) if ckpt.get("model_kind") == ABSORBING_KIND else None
-    vq = model.vqsvae if model is not None else vqsvae_from_checkpoint(ckpt, use_ema=use_ema)[0]
-    graphs = lower_spiking_diffusion(vq, model.denoiser if model is not None else None)
+    vq, sdid, model = sd_modules(model_path, use_ema)
+    graphs = lower_spiking_diffusion(vq, sdid)
     data = load_dataset("mnist-bundled", vq.cfg.img_size, channels=vq.cfg.img_ch)
     g = torch.Generator().manual_seed(int(seed))
     images = to_float(data.images_uint8[torch.randperm(len(data), generator=g)[:n]])
     counts = sim_counts(sim_dir, graphs) if sim_dir is not None else {}
-    if set(counts) != set(graphs.parts):
-        counts = {**torch_counts(model, vq, graphs, n, temperature, seed, images), **counts}
-    return sd_energy_report(graphs, counts, source, preset, memory)
+    if set(counts) != set(graphs.parts):  # a Lava run records no encoder: only that part from hooks then
+        missing = set(graphs.parts) - set(counts)
+        counts = {**torch_counts(model, vq, graphs, n, temperature, seed, images, roles=missing), **counts}
+    return sd_energy_report(graphs, counts, str(model_path), preset, memory)
 
 
 def sd_energy_report(graphs: SDGraphs, counts: dict[str, SpikeCounts], model: str, preset: str = "45nm-fp32",
@@ -158,8 +165,8 @@ def sd_energy_report(graphs: SDGraphs, counts: dict[str, SpikeCounts], model: st
     """Everything the report shows (per part and per generated sample), as a dict."""
     cost = get_preset(preset)
     steps = graphs["sdid"].host.steps if graphs.generator else 0
-    per_sample = {"sdid": steps, "decoder": 1, "encoder": 0}
-    parts = {role: _part_report(graphs[role], counts[role], cost, memory, per_sample[role]) for role in counts}
+    calls_per_sample = {"sdid": steps, "decoder": 1, "encoder": 0}
+    parts = {role: _part_report(graphs[role], counts[role], cost, memory, calls_per_sample[role]) for role in counts}
     sample = sum(p["total_pj_per_call"] * p["calls_per_sample"] for p in parts.values())
     ann = sum(p["ann_pj_per_call"] * p["calls_per_sample"] for p in parts.values())
     return {"model": model, "family": "spiking-diffusion", "preset": cost.describe(), "parts": parts,

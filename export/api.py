@@ -66,16 +66,13 @@ def export_checkpoint(model_path: str | os.PathLike, out_path: str | os.PathLike
 def export_sd_checkpoint(ckpt: dict, source: str, out_path: Path, dtype: str, use_ema: bool, t0: float) -> dict:
     """A Spiking-Diffusion checkpoint (absorbing: SDID, decoder and encoder; vq-svae: decoder and encoder)
     as one NIR file (:mod:`sdm.export.sd_format`); the summary has one entry per part."""
-    from sdm.train.sd_model import ABSORBING_KIND, load_absorbing, vqsvae_from_checkpoint
+    from sdm.train.checkpoint import uses_ema
+    from sdm.train.sd_model import sd_modules
 
     kind = checkpoint_kind(ckpt)
-    if kind == ABSORBING_KIND:
-        model = load_absorbing(ckpt, use_ema=use_ema)
-        vq, sdid = model.vqsvae, model.denoiser
-    else:
-        vq, sdid = vqsvae_from_checkpoint(ckpt, use_ema=use_ema)[0], None
+    vq, sdid, _ = sd_modules(ckpt, use_ema)
     graphs = lower_spiking_diffusion(vq, sdid, dtype=DTYPES[dtype][0],
-                                     meta={"checkpoint": source, "model_kind": kind, "ema": use_ema})
+                                     meta={"checkpoint": source, "model_kind": kind, "ema": uses_ema(ckpt, use_ema)})
     write_sd_nir(graphs, out_path)
     return {"family": "spiking-diffusion", "kind": kind, "path": str(out_path), "bytes": out_path.stat().st_size,
             "seconds": time.perf_counter() - t0, "dtype": dtype, "parts": sd_summary(graphs)}

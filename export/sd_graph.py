@@ -16,9 +16,10 @@ read out::
               tokens = argmax_k (sum_t w[t] y[t, k] + bias[k]),  w[t] = (1 - alpha) decay^(T-1-t) + alpha / T,
               bias = -|e_k|^2 / 2     (argmin_k |z - e_k|^2 = argmax_k (e_k . z - |e_k|^2 / 2))
 
-Sampling (the unmasking schedule, temperature, the categorical draws) is the host's, the same code as
-the PyTorch model's (:class:`sdm.train.absorbing.AbsorbingDiffusion`), so a spike-exact denoiser gives
-the same samples for the same seed.  Every record checks its fields on construction (:class:`GraphError`
+Input currents are made in float64 (each runner casts them to its precision).  Sampling (the
+unmasking schedule, temperature, the categorical draws) is the host's, the same code as the PyTorch
+model's (:class:`sdm.train.absorbing.AbsorbingDiffusion`), so a spike-exact denoiser gives the same
+samples for the same seed.  Every record checks its fields on construction (:class:`GraphError`
 naming the field); :class:`SDGraphs` checks the records against the graphs.
 """
 
@@ -38,6 +39,7 @@ from sdm.train.sdid import INPUTS
 from .ir import AnalogInput, SNNGraph, _array, _integer, _number
 
 ROLES = ("sdid", "decoder", "encoder")
+CURRENT_DTYPE = torch.float64  # input currents are made in float64; each runner casts them to its precision
 
 
 def _one_input(graph: SNNGraph, role: str) -> AnalogInput:
@@ -80,10 +82,10 @@ class SDIDHost:
         if x_t.dtype.is_floating_point or x_t.dim() != 3 or int(x_t.min()) < 0 or int(x_t.max()) > K:
             raise GraphError(f"sdid: tokens must be an integer [B, h, w] grid of 0..{K} (mask = {K})")
         B, h, w = x_t.shape
-        tt = t.to(torch.float32).view(B, 1, 1, 1).expand(B, 1, h, w)
+        tt = t.to(CURRENT_DTYPE).view(B, 1, 1, 1).expand(B, 1, h, w)
         if self.inputs == "raw":
-            return torch.cat((x_t.to(torch.float32).unsqueeze(1), tt), 1)
-        onehot = F.one_hot(x_t, K + 1).permute(0, 3, 1, 2).to(torch.float32)
+            return torch.cat((x_t.to(CURRENT_DTYPE).unsqueeze(1), tt), 1)
+        onehot = F.one_hot(x_t, K + 1).permute(0, 3, 1, 2).to(CURRENT_DTYPE)
         return torch.cat((onehot, tt / self.steps), 1)
 
     def readout(self, y: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,7 @@ class DecoderHost:
         K = self.codebook_size
         if tokens.dtype.is_floating_point or tokens.dim() != 3 or int(tokens.min()) < 0 or int(tokens.max()) >= K:
             raise GraphError(f"decoder: tokens must be an integer [B, h, w] grid of codes 0..{K - 1}")
-        e = torch.as_tensor(self.codebook, dtype=torch.float32)
+        e = torch.as_tensor(self.codebook, dtype=CURRENT_DTYPE)
         return e[tokens].permute(0, 3, 1, 2)
 
     def weights(self) -> torch.Tensor:
@@ -153,7 +155,7 @@ class EncoderHost:
         return int(self.weights.shape[0])
 
     def currents(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(torch.float32) * self.data_scale
+        return images.to(CURRENT_DTYPE) * self.data_scale
 
     def readout(self, y: torch.Tensor) -> torch.Tensor:
         score = _weighted_sum(torch.as_tensor(self.weights, dtype=torch.float64), y.double())
@@ -213,8 +215,21 @@ class SDGraphs:
         for role in ("decoder", "encoder"):
             if role not in self.parts:
                 raise GraphError(f"a Spiking-Diffusion model needs a {role} part")
+        self._check_codec()
         if "sdid" in self.parts:
             self._check_generator()
+
+    def _check_codec(self) -> None:
+        """The encoder writes the tokens the decoder reads: the same codes, grid and spiking steps."""
+        enc, dec = self.parts["encoder"], self.parts["decoder"]
+        if enc.host.bias.shape[0] != dec.host.codebook_size:
+            raise GraphError(f"the encoder scores {enc.host.bias.shape[0]} codes, the decoder's codebook has "
+                             f"{dec.host.codebook_size}")
+        if enc.graph.output.shape[1:] != dec.input.shape[1:]:
+            raise GraphError(f"the encoder's token grid {list(enc.graph.output.shape[1:])} differs from the "
+                             f"decoder's {list(dec.input.shape[1:])}")
+        if enc.host.T != dec.host.T:
+            raise GraphError(f"the encoder runs T = {enc.host.T} steps, the decoder T = {dec.host.T}")
 
     def _check_generator(self) -> None:
         sdid, dec = self.parts["sdid"], self.parts["decoder"]

@@ -69,8 +69,7 @@ class LockstepCall:
 
     def part_report(self) -> dict:
         net, trace, T = self.net, self.trace, self.part.host.T
-        images = net.batch
-        steps = {k: int(np.prod(self.part.graph.nodes[k].shape)) * T * images * len(trace.call_seconds)
+        steps = {k: int(np.prod(self.part.graph.nodes[k].shape)) * T * net.batch * len(trace.call_seconds)
                  for k in trace.neurons}
         calls = trace.call_seconds
         return {"calls": len(calls), "lava_processes": net.num_processes, "lava_steps_per_call": net.net.run_length,
@@ -131,6 +130,7 @@ def simulate_sd(nir_path: str | os.PathLike, out_dir: str | os.PathLike, n: int 
               "protocol": calls["sdid"].net.protocol, "images": n, "temperature": temperature, "seed": seed,
               "parts": {"sdid": sdid_report, "decoder": dec_report},
               "token_mismatches_vs_pytorch": int((gen_tokens != tokens_ref).sum()), "tokens": gen_tokens.numel(),
+              "sample_tokens": gen_tokens.tolist(),
               "final_image_max_abs_err": float((x.double() - x_ref.double()).abs().max())}
     atomic_write(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     return report

@@ -138,6 +138,18 @@ def test_the_file_alone_generates_the_models_samples(tmp_path):
     torch.testing.assert_close(x, x_ref.to(x.dtype), rtol=0, atol=1e-12)
 
 
+def test_the_committed_models_file_samples_as_the_checkpoint_in_float32(tmp_path):
+    from sdm.export.api import export_checkpoint
+    from sdm.train.sd_model import load_absorbing
+
+    export_checkpoint(SD_MODEL, tmp_path / "sd.nir")
+    graphs = read_sd_nir(tmp_path / "sd.nir")
+    calls = torch_calls(graphs)
+    _, tokens = sample(graphs, calls["sdid"], calls["decoder"], 4, seed=11)
+    _, tokens_ref = sample_absorbing(load_absorbing(SD_MODEL), 4, seed=11, return_tokens=True)
+    assert torch.equal(tokens, tokens_ref)
+
+
 def test_damaged_host_sections_are_named(tmp_path):
     vq, sdid = tiny_pair()
     path = write_sd_nir(lower_spiking_diffusion(vq, sdid), tmp_path / "sd.nir")
@@ -149,6 +161,12 @@ def test_damaged_host_sections_are_named(tmp_path):
     with h5py.File(path, "r+") as f:
         f["node/metadata/sd_host/sdid/codebook_size"][()] = 9
     with pytest.raises(NIRFormatError, match="sdid: output has 8 channels, the host reads 9"):
+        read_sd_nir(path)
+    path = write_sd_nir(lower_spiking_diffusion(vq, sdid), tmp_path / "sd3.nir")
+    with h5py.File(path, "r+") as f:
+        del f["node/metadata/sd_host/encoder/bias"]
+        f["node/metadata/sd_host/encoder/bias"] = np.zeros(9)
+    with pytest.raises(NIRFormatError, match="encoder: output has 8 channels, the host reads 9"):
         read_sd_nir(path)
 
 

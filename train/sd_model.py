@@ -83,6 +83,17 @@ def build_vqsvae(section: dict[str, Any], source: str, use_ema: bool = True) -> 
     return model.eval(), _positive(section.get("data_variance"), "data_variance", source)
 
 
+def sd_modules(path_or_ckpt: str | os.PathLike | dict[str, Any], use_ema: bool = True
+               ) -> tuple[VQSVAE, SDID | None, "SpikingDiffusion | None"]:
+    """``(VQ-SVAE, SDID, generator)`` of an absorbing checkpoint, ``(VQ-SVAE, None, None)`` of a VQ-SVAE one
+    (eval mode; EMA weights when present and ``use_ema``)."""
+    ckpt, _ = open_checkpoint(path_or_ckpt)
+    if ckpt.get(KIND_KEY) == ABSORBING_KIND:
+        model = load_absorbing(ckpt, use_ema=use_ema)
+        return model.vqsvae, model.denoiser, model
+    return vqsvae_from_checkpoint(ckpt, use_ema=use_ema)[0], None, None
+
+
 def vqsvae_from_checkpoint(path_or_ckpt: str | os.PathLike | dict[str, Any], use_ema: bool = True
                            ) -> tuple[VQSVAE, float]:
     """The VQ-SVAE of a ``vq-svae`` checkpoint (its EMA weights when it has them and ``use_ema``)

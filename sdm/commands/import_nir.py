@@ -17,8 +17,8 @@ def add_parser(sub):
     p.add_argument("--sample", metavar="GRID.png", help="sample a grid with the imported denoiser")
     p.add_argument("-n", type=int, default=16)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps for --sample")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="Spiking-Diffusion files: token sampling temperature for --sample")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="Spiking-Diffusion files: token sampling temperature for --sample (default 1)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.set_defaults(func=run)
     return p
@@ -41,6 +41,10 @@ def run(a) -> None:
     if is_sd_file(a.nir_file):
         _run_sd(a)
         return
+    if a.temperature is not None:
+        from sdm.errors import UserError
+
+        raise UserError("--temperature applies to Spiking-Diffusion files; this is a UNet denoiser")
     den = import_nir(a.nir_file, dtype=a.dtype)
     s = graph_summary(den.graph)
     nodes, edges = file_counts_in(a.nir_file)  # as stored (the IR puts single-input junctions back)
@@ -96,6 +100,7 @@ def _run_sd(a) -> None:
     from sdm.export.api import DTYPES, sd_summary
     from sdm.export.sd_format import read_sd_nir
 
+    a.temperature = 1.0 if a.temperature is None else a.temperature
     options.check_float(a.temperature, "--temperature", low=0.0, low_open=True)
     graphs = read_sd_nir(a.nir_file)
     print(f"{a.nir_file}: Spiking-Diffusion, parts {', '.join(graphs.parts)}")
@@ -113,14 +118,9 @@ def _compare_sd(a, graphs, dtype) -> None:
     """Every part against the checkpoint's modules, on bundled MNIST digits (data/tests: docs/nir-format.md)."""
     from sdm.export.sd_verify import compare_sd
     from sdm.train.data import load_dataset, to_float
-    from sdm.train.sd_model import ABSORBING_KIND, load_absorbing, open_checkpoint, vqsvae_from_checkpoint
+    from sdm.train.sd_model import sd_modules
 
-    ckpt, _ = open_checkpoint(a.compare)
-    if ckpt.get("model_kind") == ABSORBING_KIND:
-        model = load_absorbing(ckpt, use_ema=not a.no_ema)
-        vq, sdid = model.vqsvae, model.denoiser
-    else:
-        vq, sdid = vqsvae_from_checkpoint(ckpt, use_ema=not a.no_ema)[0], None
+    vq, sdid, _ = sd_modules(a.compare, use_ema=not a.no_ema)
     vq, sdid = vq.to(dtype), sdid.to(dtype) if sdid is not None else None
     data = load_dataset("mnist-bundled", vq.cfg.img_size, channels=vq.cfg.img_ch)
     images = to_float(data.images_uint8[::625][:8]).to(dtype)

@@ -485,3 +485,26 @@ def test_converted_model_lava_spikes(tmp_path, signed, mode):
         # on this net: 5.3 % of all spike slots unsigned, 6.8 % signed; 0-2 % in the first layers)
         assert differ <= 0.08 * sum(r.numel() for r in den.spikes.values()), differ
         assert (eps - eps_ref).abs().max().item() < 0.1
+
+
+def test_init_from_starts_an_snn_from_its_trained_ann(tmp_path, capsys):
+    """``sdm train --init-from ANN.pt``: the fresh SNN run starts from the ANN's weights (its EMA when it has
+    one), then trains as an SNN; another architecture, a resume or a Spiking-Diffusion model is refused."""
+    ann = tmp_path / "ann" / "model.pt"
+    assert main(["train", "--model", "ann", "--out", str(ann.parent), "--ema-decay", "0.5", *TINY]) == 0
+    snn = tmp_path / "snn" / "model.pt"
+    assert main(["train", "--init-from", str(ann), "--out", str(snn.parent), "--lr", "1e-12", *TINY]) == 0
+    a, s = load_checkpoint(ann), load_checkpoint(snn)
+    assert s["model_config"]["neuron"] == "if" and s["train_config"]["init_from"] == str(ann)
+    weights = [k for k, v in a["ema"].items() if v.is_floating_point() and "running" not in k]
+    for k in weights:  # two steps at lr 1e-12 leave the EMA weights where they started
+        torch.testing.assert_close(s["model"][k], a["ema"][k], rtol=0, atol=1e-6)
+    fresh = tmp_path / "fresh" / "model.pt"
+    assert main(["train", "--out", str(fresh.parent), "--lr", "1e-12", *TINY]) == 0
+    assert any(not torch.allclose(load_checkpoint(fresh)["model"][k], a["ema"][k]) for k in weights)
+    wide = [*TINY[:1], "16", *TINY[2:]]  # --ch 16: another architecture
+    one_line_error(capsys, ["train", "--init-from", str(ann), "--out", str(tmp_path / "w"), *wide], "--init-from")
+    one_line_error(capsys, ["train", "--resume", str(snn), "--init-from", str(ann), "--steps", "3"],
+                   "--init-from starts a fresh run")
+    one_line_error(capsys, ["train", "--model", "vq-svae", "--init-from", str(ann), "--out", str(tmp_path / "v")],
+                   "--init-from")

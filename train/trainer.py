@@ -48,11 +48,12 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or fp32 | bf16
+    init_from: str = ""  # a fresh run's starting weights: a checkpoint of the same UNet (e.g. its trained ANN)
 
     def __post_init__(self):
         check_field_types(self, "training", ints=("steps", "batch_size", "ema_bn_batches", "warmup", "seed",
                                                   "ckpt_every", "log_every"),
-                          reals=("lr", "grad_clip", "ema_decay"), strs=("data", "precision"))
+                          reals=("lr", "grad_clip", "ema_decay"), strs=("data", "precision", "init_from"))
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         rules = (("steps", self.steps >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -262,6 +263,8 @@ def _build_model(start: _Start, tsm: bool, dev: torch.device) -> tuple[SpikingUN
     model = SpikingUNet(start.model_cfg)
     if start.state is not None:
         load_weights(model, start.state, "model", start.source)
+    elif start.train_cfg.init_from:
+        _init_weights(model, start.train_cfg.init_from)
     if tsm:
         model.enable_tsm()
     model.to(dev)
@@ -271,6 +274,23 @@ def _build_model(start: _Start, tsm: bool, dev: torch.device) -> tuple[SpikingUN
         if start.continuing and start.state.get("ema") is not None:
             load_weights(ema, start.state, "ema", start.source)
     return model, ema
+
+
+def _init_weights(model: SpikingUNet, path: str) -> None:
+    """A fresh run's weights from the checkpoint ``path`` (its EMA weights when it has them): every conv,
+    BatchNorm and time-embedding tensor of the same UNet, whatever its neurons (IF neurons and the ANN's
+    activations hold no weights), so an SNN can start from its trained ANN.  TSM gains, a different
+    architecture or another model family are refused in one line naming the file."""
+    from .sd_model import checkpoint_kind
+
+    state = load_checkpoint(path)
+    if checkpoint_kind(state) is not None:
+        raise CheckpointError(f"{path}: --init-from needs a spiking-UNet (or ANN) checkpoint, this is a "
+                              f"{checkpoint_kind(state)} checkpoint")
+    section = "ema" if state.get("ema") is not None else "model"
+    if not isinstance(state.get(section), dict):
+        raise CheckpointError(f"{path}: --init-from: no {section} weights in the checkpoint")
+    load_weights(model, state, section, f"{path} (--init-from)")
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], saved: dict,

@@ -11,7 +11,7 @@ from . import options
 
 MODEL_FLAGS = ("ch", "ch_mult", "num_res_blocks", "T", "img_size")
 TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "ema_bn_batches", "seed", "ckpt_every",
-               "grad_clip", "warmup", "precision")
+               "grad_clip", "warmup", "precision", "init_from")
 
 
 def add_parser(sub):
@@ -28,6 +28,9 @@ def add_parser(sub):
     p.add_argument("--config", help="JSON file with 'model', 'train' and 'diffusion' sections")
     p.add_argument("--resume", metavar="MODEL.pt", help="continue from a checkpoint")
     p.add_argument("--tsm", action="store_true", help="temporal-wise spiking mechanism fine-tuning stage")
+    p.add_argument("--init-from", metavar="MODEL.pt",
+                   help="a fresh run's starting weights (EMA when present) from a checkpoint of the same UNet, e.g. "
+                        "its trained ANN (--model ann): an SNN initialised from the ANN, then trained as an SNN")
     p.add_argument("--steps", type=int, help="total steps of this stage")
     p.add_argument("--lr", type=float)
     p.add_argument("--ema-decay", type=float, help="EMA decay, 0 = off")
@@ -186,6 +189,8 @@ def _resume(a, overrides: dict, model_over: dict, device: str | None):
 
     if model_over or a.config:
         raise UserError("--resume takes the architecture from the checkpoint; drop --config and model options")
+    if a.init_from:
+        raise UserError("--init-from starts a fresh run; a resumed run takes its weights from --resume")
     out = a.out or str(Path(a.resume).parent)
     if a.tsm and not a.out:
         from sdm.train.checkpoint import load_checkpoint

@@ -508,3 +508,23 @@ def test_init_from_starts_an_snn_from_its_trained_ann(tmp_path, capsys):
                    "--init-from starts a fresh run")
     one_line_error(capsys, ["train", "--model", "vq-svae", "--init-from", str(ann), "--out", str(tmp_path / "v")],
                    "--init-from")
+
+
+def test_distill_and_lr_final_flags(tmp_path, capsys):
+    """``sdm train --distill-from ANN.pt [--distill-weight W] --lr-final LR`` records the teacher, the weight
+    (0.5 by default) and the cosine's end; the options that cannot mean anything are refused in one line."""
+    ann = tmp_path / "ann" / "model.pt"
+    assert main(["train", "--model", "ann", "--out", str(ann.parent), *TINY]) == 0
+    snn = tmp_path / "snn" / "model.pt"
+    assert main(["train", "--distill-from", str(ann), "--lr-final", "1e-5", "--out", str(snn.parent), *TINY]) == 0
+    tc = load_checkpoint(snn)["train_config"]
+    assert (tc["distill_from"], tc["distill_weight"], tc["lr_final"]) == (str(ann), 0.5, 1e-5)
+    out = ["--out", str(tmp_path / "x"), *TINY]
+    one_line_error(capsys, ["train", "--distill-weight", "0.3", *out], "--distill-weight weighs the teacher")
+    one_line_error(capsys, ["train", "--distill-from", str(ann), "--distill-weight", "1.5", *out],
+                   "--distill-weight must be <= 1")
+    one_line_error(capsys, ["train", "--lr", "1e-3", "--lr-final", "2e-3", *out], "--lr-final 0.002 must not exceed")
+    one_line_error(capsys, ["train", "--distill-from", str(tmp_path / "none.pt"), *out], "none.pt")
+    one_line_error(capsys, ["train", "--model", "vq-svae", "--distill-from", str(ann), "--out", str(tmp_path / "v")],
+                   "--distill-from applies to the spiking UNet")
+    assert not (tmp_path / "x" / "model.pt").exists()

@@ -138,6 +138,92 @@ def test_bad_configuration_is_a_config_error(tmp_path, tiny_model_cfg):
     assert not (tmp_path / "rgb" / "model.pt").exists()
 
 
+def test_cosine_lr_schedule():
+    """Warm-up, then ``lr`` constant, or with ``lr_final`` a cosine that ends exactly there at the last step."""
+    from sdm.train.trainer import _lr_at
+
+    flat = TrainConfig(steps=100, lr=1e-3, warmup=10)
+    assert [_lr_at(s, flat) for s in (0, 4, 9, 10, 99)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    cos = TrainConfig(steps=100, lr=1e-3, warmup=10, lr_final=1e-5)
+    lrs = [_lr_at(s, cos) for s in range(100)]
+    assert lrs[:10] == pytest.approx([1e-4 * (s + 1) for s in range(10)])
+    assert all(a > b for a, b in zip(lrs[9:], lrs[10:]))  # strictly falling after the warm-up
+    assert lrs[-1] == pytest.approx(1e-5) and lrs[54] == pytest.approx((1e-3 + 1e-5) / 2)
+    with pytest.raises(ValueError, match=r"lr_final.*in \[0, lr\]"):
+        TrainConfig(lr=1e-3, lr_final=2e-3)
+
+
+def test_distillation_pulls_the_model_to_its_teacher(tmp_path, tiny_model_cfg):
+    """``distill_from`` + weight 1: the SNN learns the teacher's eps instead of the noise, so after the same
+    steps its eps is much closer to the teacher's than the same run's without the teacher.  The loss mixes
+    the two targets exactly; resume is bit-identical with a teacher and a cosine schedule."""
+    import dataclasses
+
+    from sdm.train.diffusion import GaussianDiffusion
+    from sdm.train.sampling import model_from_checkpoint
+
+    ann_cfg = dataclasses.replace(tiny_model_cfg, neuron="swish", T=1)
+    # a 10-step ANN: its eps is small and smooth, a target far from what training on the noise gives
+    train(tmp_path / "ann", ann_cfg, TrainConfig(steps=10, batch_size=8, lr=2e-3, seed=0), device="cpu",
+          progress=False)
+    teacher_path = str(tmp_path / "ann" / "model.pt")
+    teacher = model_from_checkpoint(teacher_path)[0]
+    base = dict(steps=40, batch_size=16, lr=3e-3, seed=1, log_every=5)
+    train(tmp_path / "plain", tiny_model_cfg, TrainConfig(**base), device="cpu", progress=False)
+    cfg = TrainConfig(**base, distill_from=teacher_path, distill_weight=1.0)
+    train(tmp_path / "distilled", tiny_model_cfg, cfg, device="cpu", progress=False)
+
+    diffusion = GaussianDiffusion()
+    x0 = torch.rand(32, 1, 16, 16) * 2 - 1
+    x_t, t, noise = diffusion.diffuse(x0, torch.Generator().manual_seed(7))
+    def trained(name):  # in training mode (batch statistics), as the loss saw it: after 40 steps a tiny
+        # net's BatchNorm running statistics still lag its weights
+        return model_from_checkpoint(tmp_path / name / "model.pt", use_ema=False)[0].train()
+
+    with torch.no_grad():
+        target = teacher(x_t, t)
+        gap = {name: torch.nn.functional.mse_loss(trained(name)(x_t, t), target).item()
+               for name in ("plain", "distilled")}
+        assert gap["plain"] > 0.2 and gap["distilled"] < 0.25 * gap["plain"], gap  # (measured: 0.47, 0.036)
+        student = trained("plain")
+        eps = student(x_t, t)
+        gen = torch.Generator().manual_seed(7)
+        mixed = diffusion.loss(student, x0, gen, teacher=teacher, teacher_weight=0.25)
+        want = 0.75 * torch.nn.functional.mse_loss(eps, noise) + 0.25 * torch.nn.functional.mse_loss(eps, target)
+        torch.testing.assert_close(mixed, want)
+
+    resume_cfg = dataclasses.replace(cfg, steps=6, distill_weight=0.5, lr_final=1e-4, warmup=2, ema_decay=0.9,
+                                     log_every=1)
+    train(tmp_path / "straight", tiny_model_cfg, resume_cfg, device="cpu", progress=False)
+    train(tmp_path / "split", tiny_model_cfg, resume_cfg, device="cpu", progress=False, max_steps_this_run=3)
+    train(tmp_path / "split", resume=tmp_path / "split" / "model.pt", device="cpu", progress=False)
+    a, b = (load_checkpoint(tmp_path / d / "model.pt") for d in ("straight", "split"))
+    for key in ("model", "ema", "optimizer", "history", "train_config"):
+        assert_same(a[key], b[key], key)
+    assert a["train_config"]["distill_from"] == teacher_path
+
+
+def test_distillation_refuses_a_teacher_that_means_something_else(tmp_path, tiny_model_cfg, trained_ckpt):
+    """A teacher of another image size or noise schedule, or a weight without a teacher, is refused before
+    any step, naming the file or field."""
+    import dataclasses
+
+    from sdm.errors import ConfigError
+    from sdm.train.diffusion import ScheduleConfig
+
+    with pytest.raises(ConfigError, match="distill_from and distill_weight go together"):
+        TrainConfig(distill_weight=0.5)
+    with pytest.raises(ConfigError, match="distill_from and distill_weight go together"):
+        TrainConfig(distill_from=str(trained_ckpt))
+    small = dataclasses.replace(tiny_model_cfg, img_size=8)
+    cfg = TrainConfig(steps=1, batch_size=2, distill_from=str(trained_ckpt), distill_weight=0.5)
+    with pytest.raises(CheckpointError, match=r"--distill-from: the teacher takes 1x16x16 images, the model 1x8x8"):
+        train(tmp_path / "small", small, cfg, device="cpu", progress=False)
+    with pytest.raises(CheckpointError, match="--distill-from: the teacher's noise schedule"):
+        train(tmp_path / "sched", tiny_model_cfg, cfg, ScheduleConfig(steps=500), device="cpu", progress=False)
+    assert not (tmp_path / "small" / "model.pt").exists() and not (tmp_path / "sched" / "model.pt").exists()
+
+
 # ----- DDP ------------------------------------------------------------------------------
 # The real CLI on every rank (helpers.run_ddp_cli), each rank writing the parameters it ends with.
 

@@ -94,10 +94,18 @@ class GaussianDiffusion:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         return self.q_sample(x0, t, noise), t, noise
 
-    def loss(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """epsilon-prediction MSE at uniformly drawn t."""
+    def loss(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
+             teacher: Denoiser | None = None, teacher_weight: float = 0.0) -> torch.Tensor:
+        """epsilon-prediction MSE at uniformly drawn t; with a ``teacher`` (distillation)
+        ``(1 - w) * MSE(eps, noise) + w * MSE(eps, teacher(x_t, t))``, ``w = teacher_weight``: the teacher's
+        eps estimates E[noise | x_t], a target of far lower variance than the noise itself."""
         x_t, t, noise = self.diffuse(x0, generator)
-        return F.mse_loss(denoiser(x_t, t), noise)
+        eps = denoiser(x_t, t)
+        if teacher is None or teacher_weight <= 0:
+            return F.mse_loss(eps, noise)
+        with torch.no_grad():
+            target = teacher(x_t, t).to(eps.dtype)
+        return (1.0 - teacher_weight) * F.mse_loss(eps, noise) + teacher_weight * F.mse_loss(eps, target)
 
     # ----- sampling -------------------------------------------------------------------
     def predict_x0(self, x_t, t, eps, clip: bool) -> torch.Tensor:

@@ -49,11 +49,15 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or fp32 | bf16
     init_from: str = ""  # a fresh run's starting weights: a checkpoint of the same UNet (e.g. its trained ANN)
+    lr_final: float = 0.0  # cosine decay from lr (after warm-up) to this at the last step; 0 = constant lr
+    distill_from: str = ""  # a teacher denoiser (e.g. the trained ANN) whose eps the model also learns
+    distill_weight: float = 0.0  # w in (1 - w) * MSE(eps, noise) + w * MSE(eps, teacher eps); needs distill_from
 
     def __post_init__(self):
         check_field_types(self, "training", ints=("steps", "batch_size", "ema_bn_batches", "warmup", "seed",
                                                   "ckpt_every", "log_every"),
-                          reals=("lr", "grad_clip", "ema_decay"), strs=("data", "precision", "init_from"))
+                          reals=("lr", "grad_clip", "ema_decay", "lr_final", "distill_weight"),
+                          strs=("data", "precision", "init_from", "distill_from"))
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         rules = (("steps", self.steps >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -61,8 +65,14 @@ class TrainConfig:
                  ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 = off)"),
                  ("ema_bn_batches", self.ema_bn_batches >= 0, ">= 0"), ("warmup", self.warmup >= 0, ">= 0"),
                  ("seed", 0 <= self.seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
-                 ("ckpt_every", self.ckpt_every >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1"))
+                 ("ckpt_every", self.ckpt_every >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1"),
+                 ("lr_final", 0 <= self.lr_final <= self.lr, "in [0, lr] (0 = constant lr)"),
+                 ("distill_weight", 0 <= self.distill_weight <= 1, "in [0, 1]"))
         check_rules(self, "training", rules)
+        if bool(self.distill_from) != (self.distill_weight > 0):
+            raise ConfigError("training distill_from and distill_weight go together: a teacher checkpoint and a "
+                              f"weight in (0, 1] (got distill_from={self.distill_from!r}, "
+                              f"distill_weight={self.distill_weight})")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -126,7 +136,15 @@ def _noisy_batches(dataset, diffusion: GaussianDiffusion, cfg: TrainConfig, step
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else cfg.lr
+    """Linear warm-up to ``lr``, then constant, or (``lr_final > 0``) a cosine from ``lr`` to ``lr_final`` at
+    the stage's last step.  A function of the step alone, so a resumed run follows the same schedule; a
+    resume with a larger ``--steps`` stretches the rest of the cosine."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_final <= 0:
+        return cfg.lr
+    progress = min(1.0, (step + 1 - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ----- stages and steps ------------------------------------------------------------------
@@ -256,6 +274,7 @@ class _Run:
     diffusion: GaussianDiffusion
     gen: torch.Generator
     use_bf16: bool
+    teacher: nn.Module | None = None  # the distillation teacher (eval mode, frozen)
 
 
 def _build_model(start: _Start, tsm: bool, dev: torch.device) -> tuple[SpikingUNet, nn.Module | None]:
@@ -361,8 +380,31 @@ def _build_run(start: _Start, stage: str, tsm: bool, dist_info: Dist, dev: torch
     diffusion = GaussianDiffusion(start.schedule)
     gen = torch.Generator(device=dev)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+    teacher = _load_teacher(cfg.distill_from, model, start.schedule, dev) if cfg.distill_from else None
     return _Run(dist_info, dev, stage, cfg, start.schedule, model, ddp_model, ema, params, optimizer, first,
-                history, dataset, batches, diffusion, gen, use_bf16)
+                history, dataset, batches, diffusion, gen, use_bf16, teacher)
+
+
+def _load_teacher(path: str, model: SpikingUNet, schedule: ScheduleConfig, dev: torch.device) -> nn.Module:
+    """The distillation teacher (its EMA weights when it has them), frozen: any UNet checkpoint (an ANN,
+    a wider SNN) of the same images and the same noise schedule, since its eps must mean the same thing
+    at the same t; anything else is refused in one line naming the file."""
+    from .sampling import model_from_checkpoint
+    from .sd_model import checkpoint_kind
+
+    state = load_checkpoint(path)
+    if checkpoint_kind(state) is not None:
+        raise CheckpointError(f"{path}: --distill-from needs a spiking-UNet (or ANN) checkpoint, this is a "
+                              f"{checkpoint_kind(state)} checkpoint")
+    teacher, diffusion, _ = model_from_checkpoint(path, use_ema=True, device=str(dev), ckpt=state)
+    if diffusion.cfg != schedule:
+        raise CheckpointError(f"{path}: --distill-from: the teacher's noise schedule {diffusion.cfg} is not the "
+                              f"model's {schedule}")
+    shape, want = (teacher.cfg.img_ch, teacher.cfg.img_size), (model.cfg.img_ch, model.cfg.img_size)
+    if shape != want:
+        raise CheckpointError(f"{path}: --distill-from: the teacher takes {shape[0]}x{shape[1]}x{shape[1]} images, "
+                              f"the model {want[0]}x{want[1]}x{want[1]}")
+    return teacher.requires_grad_(False)
 
 
 # ----- the snapshot: what model.pt holds -------------------------------------------------
@@ -392,7 +434,8 @@ def _train_step(run: _Run, step: int, x0: torch.Tensor) -> float:
         g["lr"] = _lr_at(step, cfg)
     with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=run.use_bf16):
         loss = run.diffusion.loss(run.ddp_model, x0,
-                                  generator=_step_generator(run.gen, cfg.seed, run.dist_info.rank, step))
+                                  generator=_step_generator(run.gen, cfg.seed, run.dist_info.rank, step),
+                                  teacher=run.teacher, teacher_weight=cfg.distill_weight)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:

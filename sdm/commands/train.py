@@ -11,7 +11,8 @@ from . import options
 
 MODEL_FLAGS = ("ch", "ch_mult", "num_res_blocks", "T", "img_size")
 TRAIN_FLAGS = ("data", "steps", "batch_size", "lr", "ema_decay", "ema_bn_batches", "seed", "ckpt_every",
-               "grad_clip", "warmup", "precision", "init_from")
+               "grad_clip", "warmup", "precision", "init_from", "lr_final", "distill_from", "distill_weight")
+DISTILL_WEIGHT = 0.5  # --distill-from without --distill-weight
 
 
 def add_parser(sub):
@@ -31,8 +32,17 @@ def add_parser(sub):
     p.add_argument("--init-from", metavar="MODEL.pt",
                    help="a fresh run's starting weights (EMA when present) from a checkpoint of the same UNet, e.g. "
                         "its trained ANN (--model ann): an SNN initialised from the ANN, then trained as an SNN")
+    p.add_argument("--distill-from", metavar="TEACHER.pt",
+                   help="distillation: the model also learns a trained denoiser's eps (e.g. its ANN's, "
+                        "--model ann; EMA weights when present), same images and noise schedule")
+    p.add_argument("--distill-weight", type=float,
+                   help=f"w in (1 - w) MSE(eps, noise) + w MSE(eps, teacher eps), in (0, 1] (default "
+                        f"{DISTILL_WEIGHT} with --distill-from)")
     p.add_argument("--steps", type=int, help="total steps of this stage")
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-final", type=float,
+                   help="cosine decay of the learning rate from --lr (after the warm-up) to this value at the "
+                        "stage's last step (default 0 = constant --lr)")
     p.add_argument("--ema-decay", type=float, help="EMA decay, 0 = off")
     p.add_argument("--ema-bn-batches", type=int,
                    help="training batches that recompute the EMA weights' BatchNorm statistics at each "
@@ -104,6 +114,8 @@ def run(a) -> None:
 
     train_sd.refuse_sd_options(a)
     overrides = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
+    if a.distill_from and a.distill_weight is None:
+        overrides["distill_weight"] = DISTILL_WEIGHT
     model_over = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     model_over.update(model_kind(a))
     out, start = _resume(a, overrides, model_over, device) if a.resume else _fresh(a, overrides, model_over, device)
@@ -123,6 +135,12 @@ def _check_options(a) -> None:
     """The range checks of the command-line options (a configuration file's values: :func:`_check_config`)."""
     options.check_int(a.steps, "--steps", 1)
     options.check_float(a.lr, "--lr", low=0.0, low_open=True)
+    options.check_float(a.lr_final, "--lr-final", low=0.0)
+    options.check_float(a.distill_weight, "--distill-weight", low=0.0, high=1.0, low_open=True)
+    if a.lr is not None and a.lr_final is not None and a.lr_final > a.lr:
+        raise UserError(f"--lr-final {a.lr_final} must not exceed --lr {a.lr}: it is where the cosine decay ends")
+    if a.distill_weight is not None and not a.distill_from:
+        raise UserError("--distill-weight weighs the teacher of --distill-from TEACHER.pt: give that too")
     options.check_float(a.ema_decay, "--ema-decay", low=0.0, high=1.0, high_open=True)
     options.check_int(a.ema_bn_batches, "--ema-bn-batches", 0)
     options.check_float(a.grad_clip, "--grad-clip", low=0.0)

@@ -14,8 +14,8 @@ from sdm.errors import UserError
 SD_FLAGS = ("data", "steps", "batch_size", "lr", "seed", "ckpt_every", "grad_clip", "holdout", "ema_decay",
             "ema_bn_batches")
 ARCHITECTURE = {"vq-svae": ("T", "channels", "codebook_size"), "absorbing": ("T", "channels", "inputs")}
-UNET_ONLY = ("config", "tsm", "init_from", "warmup", "precision", "ch", "ch_mult", "num_res_blocks", "img_size",
-             "activation", "bits")
+UNET_ONLY = ("config", "tsm", "init_from", "distill_from", "distill_weight", "lr_final", "warmup", "precision",
+             "ch", "ch_mult", "num_res_blocks", "img_size", "activation", "bits")
 SD_ONLY = ("channels", "codebook_size", "inputs", "holdout")
 
 

@@ -21,6 +21,8 @@ and Lava ``floating_pt`` (subtractive reset, ``v_init``) spikes exactly as the P
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -527,4 +529,7 @@ def test_distill_and_lr_final_flags(tmp_path, capsys):
     one_line_error(capsys, ["train", "--distill-from", str(tmp_path / "none.pt"), *out], "none.pt")
     one_line_error(capsys, ["train", "--model", "vq-svae", "--distill-from", str(ann), "--out", str(tmp_path / "v")],
                    "--distill-from applies to the spiking UNet")
+    sd = str(Path(__file__).resolve().parent.parent / "models" / "sd-absorbing" / "model.pt")
+    for flag in ("--init-from", "--distill-from"):  # another model family's weights mean nothing here
+        one_line_error(capsys, ["train", flag, sd, *out], f"{flag} needs a spiking-UNet (or ANN) checkpoint")
     assert not (tmp_path / "x" / "model.pt").exists()

@@ -300,16 +300,23 @@ def _init_weights(model: SpikingUNet, path: str) -> None:
     BatchNorm and time-embedding tensor of the same UNet, whatever its neurons (IF neurons and the ANN's
     activations hold no weights), so an SNN can start from its trained ANN.  TSM gains, a different
     architecture or another model family are refused in one line naming the file."""
-    from .sd_model import checkpoint_kind
-
-    state = load_checkpoint(path)
-    if checkpoint_kind(state) is not None:
-        raise CheckpointError(f"{path}: --init-from needs a spiking-UNet (or ANN) checkpoint, this is a "
-                              f"{checkpoint_kind(state)} checkpoint")
+    state = _unet_checkpoint(path, "--init-from")
     section = "ema" if state.get("ema") is not None else "model"
     if not isinstance(state.get(section), dict):
         raise CheckpointError(f"{path}: --init-from: no {section} weights in the checkpoint")
     load_weights(model, state, section, f"{path} (--init-from)")
+
+
+def _unet_checkpoint(path: str, flag: str) -> dict[str, Any]:
+    """The checkpoint ``path`` that ``flag`` reads weights from: a spiking-UNet (or ANN) one, not another
+    model family's, refused in one line naming the file."""
+    from .sd_model import checkpoint_kind
+
+    state = load_checkpoint(path)
+    if checkpoint_kind(state) is not None:
+        raise CheckpointError(f"{path}: {flag} needs a spiking-UNet (or ANN) checkpoint, this is a "
+                              f"{checkpoint_kind(state)} checkpoint")
+    return state
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], saved: dict,
@@ -390,12 +397,8 @@ def _load_teacher(path: str, model: SpikingUNet, schedule: ScheduleConfig, dev: 
     a wider SNN) of the same images and the same noise schedule, since its eps must mean the same thing
     at the same t; anything else is refused in one line naming the file."""
     from .sampling import model_from_checkpoint
-    from .sd_model import checkpoint_kind
 
-    state = load_checkpoint(path)
-    if checkpoint_kind(state) is not None:
-        raise CheckpointError(f"{path}: --distill-from needs a spiking-UNet (or ANN) checkpoint, this is a "
-                              f"{checkpoint_kind(state)} checkpoint")
+    state = _unet_checkpoint(path, "--distill-from")
     teacher, diffusion, _ = model_from_checkpoint(path, use_ema=True, device=str(dev), ckpt=state)
     if diffusion.cfg != schedule:
         raise CheckpointError(f"{path}: --distill-from: the teacher's noise schedule {diffusion.cfg} is not the "

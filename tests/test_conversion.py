@@ -521,6 +521,8 @@ def test_distill_and_lr_final_flags(tmp_path, capsys):
     assert main(["train", "--distill-from", str(ann), "--lr-final", "1e-5", "--out", str(snn.parent), *TINY]) == 0
     tc = load_checkpoint(snn)["train_config"]
     assert (tc["distill_from"], tc["distill_weight"], tc["lr_final"]) == (str(ann), 0.5, 1e-5)
+    assert main(["train", "--resume", str(snn), "--steps", "3", "--distill-weight", "0.3"]) == 0  # its teacher kept
+    assert load_checkpoint(snn)["train_config"]["distill_weight"] == 0.3
     out = ["--out", str(tmp_path / "x"), *TINY]
     one_line_error(capsys, ["train", "--distill-weight", "0.3", *out], "--distill-weight weighs the teacher")
     one_line_error(capsys, ["train", "--distill-from", str(ann), "--distill-weight", "1.5", *out],

@@ -215,18 +215,22 @@ def _check_resumable(resume: str | os.PathLike, state: dict[str, Any], stage: st
 
 def _train_config(resume: str | os.PathLike, state: dict[str, Any], continuing: bool,
                   overrides: dict[str, Any]) -> TrainConfig:
-    """The checkpoint's training config (its own values checked, naming the file), switched to ``TSM_LR``
-    and no EMA when a new stage starts, with ``overrides`` (checked as options) on top."""
+    """The checkpoint's training config, switched to a constant ``TSM_LR`` and no EMA when a new stage
+    starts, with ``overrides`` (checked as options) on top; an invalid result names the file when the file's
+    own values are invalid."""
     saved = state.get("train_config", {})
     if not isinstance(saved, dict):
         raise CheckpointError(f"{resume}: train_config must be a mapping, found {type(saved).__name__}")
-    try:  # the file's values, except those an option replaces
-        base = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in overrides})
+    stage_start = {} if continuing else {"lr": TSM_LR, "ema_decay": 0.0, "lr_final": 0.0}  # TSM: constant lr
+    try:  # built once from all values, so that rules across fields (distill_from with distill_weight,
+        # lr_final <= lr) see the run's actual combination
+        return TrainConfig.from_dict({**saved, **stage_start, **overrides})
     except ConfigError as e:
-        raise CheckpointError(f"{resume}: train_config: {e}") from None
-    if not continuing:
-        base = dataclasses.replace(base, lr=TSM_LR, ema_decay=0.0)
-    return dataclasses.replace(base, **overrides)
+        try:  # a file whose own values are fine: the options given are what does not fit
+            TrainConfig.from_dict(saved)
+        except ConfigError:
+            raise CheckpointError(f"{resume}: train_config: {e}") from None
+        raise
 
 
 def _restore(resume: str | os.PathLike, stage: str, overrides: dict[str, Any] | None) -> _Start:

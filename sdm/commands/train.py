@@ -139,7 +139,7 @@ def _check_options(a) -> None:
     options.check_float(a.distill_weight, "--distill-weight", low=0.0, high=1.0, low_open=True)
     if a.lr is not None and a.lr_final is not None and a.lr_final > a.lr:
         raise UserError(f"--lr-final {a.lr_final} must not exceed --lr {a.lr}: it is where the cosine decay ends")
-    if a.distill_weight is not None and not a.distill_from:
+    if a.distill_weight is not None and not a.distill_from and not a.resume:  # a resumed run may have its teacher
         raise UserError("--distill-weight weighs the teacher of --distill-from TEACHER.pt: give that too")
     options.check_float(a.ema_decay, "--ema-decay", low=0.0, high=1.0, high_open=True)
     options.check_int(a.ema_bn_batches, "--ema-bn-batches", 0)

@@ -203,6 +203,17 @@ def test_distillation_pulls_the_model_to_its_teacher(tmp_path, tiny_model_cfg):
     assert a["train_config"]["distill_from"] == teacher_path
 
 
+def test_tsm_stage_starts_at_a_constant_lr(tmp_path, tiny_model_cfg):
+    """A base run with a cosine to 1e-4 fine-tunes with TSM at the constant 1e-5 (the cosine's end would
+    otherwise lie above the stage's lr and the stage could not start)."""
+    base = TrainConfig(steps=2, batch_size=4, lr=2e-3, lr_final=1e-4, seed=0)
+    train(tmp_path / "base", tiny_model_cfg, base, device="cpu", progress=False)
+    train(tmp_path / "tsm", resume=tmp_path / "base" / "model.pt", tsm=True, overrides={"steps": 1}, device="cpu",
+          progress=False)
+    tc = load_checkpoint(tmp_path / "tsm" / "model.pt")["train_config"]
+    assert (tc["lr"], tc["lr_final"], tc["ema_decay"]) == (1e-5, 0.0, 0.0)
+
+
 def test_distillation_refuses_a_teacher_that_means_something_else(tmp_path, tiny_model_cfg, trained_ckpt):
     """A teacher of another image size or noise schedule, or a weight without a teacher, is refused before
     any step, naming the file or field."""
